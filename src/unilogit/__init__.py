@@ -1,0 +1,1 @@
+"""unilogit: machine unlearning for LLMs as an `unlearn` stage for LLaMA-Factory."""

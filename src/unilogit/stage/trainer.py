@@ -1,0 +1,162 @@
+"""The one unlearning trainer: forget term + λ · retain term, on paired forget/retain batches.
+
+Subclasses llamafactory's ``CustomSeq2SeqTrainer`` for its optimizer and scheduler hooks and its
+reference-model preparation (DeepSpeed ZeRO-3 shards it, FSDP or plain accelerate otherwise).
+
+Averaging under gradient accumulation: every term is a token mean (GA, UnDIAL, Unilogit, NLL, KL)
+or a sequence mean (NPO, SimNPO). A micro-batch term m with n items is weighted n / N, N the item
+count of the whole accumulation window on all processes, so that the summed gradient equals that
+of one big batch (2 micro-batches × 2 steps = one batch of 4).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import torch
+from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+from transformers import TrainerCallback
+from typing_extensions import override
+
+from unilogit import losses
+from unilogit.stage.data import FORGET, RETAIN
+
+if TYPE_CHECKING:
+    from unilogit.stage.args import UnlearningArguments
+
+
+def _counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[supervised tokens, sequences with at least one supervised token] of one side of a batch."""
+    mask = batch["labels"][:, 1:] != losses.IGNORE_INDEX
+    return torch.stack([mask.sum(), mask.any(dim=1).sum()])
+
+
+class _PairingEpochCallback(TrainerCallback):
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class UnlearningTrainer(CustomSeq2SeqTrainer):
+    """Computes L = L_forget + λ · L_retain and logs each term."""
+
+    def __init__(self, unlearning_args: UnlearningArguments, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unlearning_args = unlearning_args
+        self.method = unlearning_args.method
+        # Our loss does its own accumulation scaling (see module docstring); this flag stops the
+        # base trainer from dividing by the number of accumulation steps a second time.
+        self.model_accepts_loss_kwargs = True
+        self._term_sums: dict[str, list[float]] = defaultdict(list)
+        if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(_PairingEpochCallback(self.train_dataset))
+
+    @property
+    def needs_forget_reference(self) -> bool:
+        """Whether the forget term uses the initial model's logits."""
+        return self.method.needs_forget_reference(self.unlearning_args)
+
+    @property
+    def needs_retain_reference(self) -> bool:
+        """Whether the retain term uses the initial model's logits."""
+        return self.unlearning_args.retain_loss == "kl"
+
+    @override
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        window = {
+            side: sum(_counts(b[side]) for b in batch_samples).to(device)
+            for side in (batch_samples[0] if batch_samples else {})
+        }
+        if self.args.world_size > 1:
+            window = {side: self.accelerator.gather(c.unsqueeze(0)).sum(0) for side, c in window.items()}
+        return batch_samples, window
+
+    @override
+    def _track_num_input_tokens(self, inputs):
+        if self.args.include_num_input_tokens_seen == "no":
+            return
+        tokens = sum(side["attention_mask"].sum() for side in inputs.values())
+        tokens = torch.as_tensor(tokens, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
+
+    @override
+    def floating_point_ops(self, inputs):
+        return sum(super(UnlearningTrainer, self).floating_point_ops(side) for side in inputs.values())
+
+    def _reference_logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the initial model θ_o, without gradients.
+
+        Full/freeze tuning: the frozen copy llamafactory built. LoRA: the same weights with the
+        adapter disabled, so no second model exists in memory.
+        """
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return self.ref_model(**_model_inputs(batch)).logits
+            unwrapped = self.accelerator.unwrap_model(model)
+            with unwrapped.disable_adapter():
+                return model(**_model_inputs(batch)).logits
+
+    @override
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.unlearning_args
+        window = num_items_in_batch if isinstance(num_items_in_batch, dict) else None
+        scale = self.accelerator.num_processes if window is not None else 1
+        reduction_index = 0 if self.method.reduction == "token" else 1
+
+        forget = inputs[FORGET]
+        logits = model(**_model_inputs(forget)).logits
+        ref = self._reference_logits(model, forget) if self.needs_forget_reference else None
+        forget_loss, extras = self.method.forget_term(logits, forget["labels"], ref, args)
+        del ref
+        total = forget_loss * _weight(forget, window, FORGET, reduction_index, scale)
+        terms = {"forget_loss": forget_loss, **extras}
+
+        if args.retain_loss != "none" and RETAIN in inputs:
+            retain = inputs[RETAIN]
+            retain_logits = model(**_model_inputs(retain)).logits
+            if args.retain_loss == "kl":
+                ref = self._reference_logits(model, retain)
+                retain_loss = losses.kl_retain_loss(retain_logits, ref, retain["labels"])
+            else:
+                retain_loss = losses.nll_loss(retain_logits, retain["labels"])
+            total = total + args.retain_weight * retain_loss * _weight(retain, window, RETAIN, 0, scale)
+            terms["retain_loss"] = retain_loss
+
+        if model.training:
+            for name, value in terms.items():
+                self._term_sums[name].append(float(value.detach()))
+        return (total, {"logits": logits}) if return_outputs else total
+
+    @override
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._term_sums:
+            for name, values in self._term_sums.items():
+                mean = torch.tensor(sum(values) / len(values), device=self.args.device)
+                logs[name] = float(self.accelerator.reduce(mean, reduction="mean"))
+            self._term_sums.clear()
+        super().log(logs, *args, **kwargs)
+
+    @override
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+def _weight(
+    batch: dict[str, torch.Tensor], window: dict[str, torch.Tensor] | None, side: str, index: int, scale: int
+) -> torch.Tensor | float:
+    """n_micro / N_window × processes: the micro-batch's share of the accumulation window."""
+    if window is None:
+        return 1.0
+    return _counts(batch)[index].to(window[side].device) * scale / window[side][index].clamp(min=1)
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Labels stay out of the forward: the model would otherwise compute its own loss for nothing.
+    return {k: v for k, v in batch.items() if k != "labels"}

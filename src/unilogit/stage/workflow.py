@@ -1,0 +1,105 @@
+"""The ``unlearn`` stage workflow, in the shape of llamafactory's ``train/<stage>/workflow.py``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unilogit.stage.args import ConfigError
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+    from unilogit.stage.args import UnlearningArguments
+
+
+def run_unlearn(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: Seq2SeqTrainingArguments,
+    finetuning_args: FinetuningArguments,
+    unlearning_args: UnlearningArguments,
+    callbacks: list[TrainerCallback] | None = None,
+) -> None:
+    """Load tokenizer, forget/retain data and model; build the trainer; unlearn; save."""
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask, get_template_and_fix_tokenizer
+    from llamafactory.extras.constants import IGNORE_INDEX
+    from llamafactory.extras.ploting import plot_loss
+    from llamafactory.model import load_model, load_tokenizer
+    from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
+
+    from unilogit.stage.data import PairedCollator, PairedDataset, count_supervised, load_split
+    from unilogit.stage.trainer import UnlearningTrainer
+
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    split_args = (template, model_args, data_args, training_args, tokenizer_module)
+    forget = load_split(data_args.dataset, "dataset", *split_args)
+    retain = (
+        load_split(unlearning_args.retain_datasets, "retain_dataset", *split_args)
+        if (unlearning_args.retain_dataset)
+        else {}
+    )
+    if training_args.do_train and count_supervised(forget["train_dataset"]) == 0:
+        raise ConfigError(
+            "dataset: the forget set has no supervised tokens after templating and truncation; "
+            f"raise cutoff_len (now {data_args.cutoff_len}) or check the dataset's response column"
+        )
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+
+    needs_reference = unlearning_args.method.needs_forget_reference(unlearning_args) or (
+        unlearning_args.retain_loss == "kl"
+    )
+    if needs_reference and finetuning_args.finetuning_type == "lora" and model_args.adapter_name_or_path:
+        raise ConfigError(
+            "adapter_name_or_path: the reference model must be the starting model, but with LoRA it is the "
+            "base with adapters disabled; merge the adapter first (llamafactory-cli export) and unlearn the merged model"
+        )
+    # Under LoRA create_ref_model returns None and the trainer disables the adapter instead: no copy.
+    ref_model = create_ref_model(model_args, finetuning_args) if needs_reference else None
+
+    collator = SFTDataCollatorWith4DAttentionMask(
+        template=template,
+        model=model,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE_INDEX,
+        block_diag_attn=model_args.block_diag_attn,
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        compute_dtype=model_args.compute_dtype,
+        **tokenizer_module,
+    )
+    retain_train = retain.get("train_dataset")
+    eval_forget = forget.get("eval_dataset")
+    trainer = UnlearningTrainer(
+        unlearning_args=unlearning_args,
+        model=model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=PairedCollator(collator),
+        callbacks=callbacks,
+        ref_model=ref_model,
+        train_dataset=PairedDataset(forget["train_dataset"], retain_train, training_args.seed)
+        if "train_dataset" in forget
+        else None,
+        eval_dataset=PairedDataset(eval_forget, retain_train, training_args.seed)
+        if eval_forget is not None
+        else None,
+        **tokenizer_module,
+    )
+
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            plot_loss(training_args.output_dir, keys=["loss", "forget_loss", "retain_loss", "eval_loss"])
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny random Llama with a tokenizer built here, and the repository's data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from unilogit._compat import install_torchaudio_stub
+
+install_torchaudio_stub()
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    texts = []
+    for path in (DATA_DIR / "examples").glob("*.json"):
+        for record in json.loads(path.read_text()):
+            texts.extend(str(v) for v in record.values())
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, hidden-64 Llama with a byte-level BPE tokenizer trained on the example data."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import decoders as tk_decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = tk_decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<pad>", bos_token=None, unk_token=None
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    for key in ("FORCE_TORCHRUN", "LOCAL_RANK", "ALLOW_EXTRA_ARGS"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def base_config(model_dir: str, output_dir: Path, **overrides) -> dict:
+    """A minimal unlearn config on the tiny model and the example data."""
+    config = {
+        "stage": "unlearn",
+        "model_name_or_path": model_dir,
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "example_forget",
+        "retain_dataset": "example_retain",
+        "dataset_dir": str(DATA_DIR),
+        "template": "chatml",
+        "cutoff_len": 128,
+        "output_dir": str(output_dir),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-3,
+        "num_train_epochs": 1,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 42,
+        "preprocessing_num_workers": None,
+        "dataloader_num_workers": 0,
+        "use_cpu": True,
+    }
+    config.update(overrides)
+    return {k: v for k, v in config.items() if v is not None}
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
