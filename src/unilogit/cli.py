@@ -110,9 +110,7 @@ def _check_keys(config: dict[str, Any]) -> None:
     for key in config:
         if key not in valid:
             hint = nearest_key(key, valid)
-            fix = (
-                f"did you mean {hint!r}?" if hint else "remove it (see `unilogit train --help` for the keys)"
-            )
+            fix = f"did you mean {hint!r}?" if hint else "remove it (see `unilogit train --help` for the keys)"
             raise ConfigError(f"unknown config key {key!r}; {fix}")
 
 
@@ -185,9 +183,7 @@ def run_unlearn_from_config(config: dict[str, Any]) -> None:
     except ValueError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     if not data_args.dataset:
-        raise ConfigError(
-            "dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>"
-        )
+        raise ConfigError("dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>")
     callbacks = [
         UnlearningLogCallback(),
         ReporterCallback(model_args, data_args, finetuning_args, generating_args),

@@ -68,16 +68,12 @@ def _sequence_mean(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return values[keep].sum() / max(int(keep.sum()), 1)
 
 
-def npo_loss_from_nll(
-    nll: torch.Tensor, ref_nll: torch.Tensor, counts: torch.Tensor, beta: float
-) -> torch.Tensor:
+def npo_loss_from_nll(nll: torch.Tensor, ref_nll: torch.Tensor, counts: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO from per-sequence NLLs: L = −(2/β) · mean_b log σ(β · (NLL_θ(b) − NLL_ref(b)))."""
     return -(2.0 / beta) * _sequence_mean(F.logsigmoid(beta * (nll - ref_nll.detach())), counts)
 
 
-def npo_loss(
-    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float
-) -> torch.Tensor:
+def npo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024).
 
     L = −(2/β) · mean_b log σ( β · (NLL_seq,θ(b) − NLL_seq,ref(b)) ), with NLL_seq the summed
@@ -90,9 +86,7 @@ def npo_loss(
     return npo_loss_from_nll(nll, ref_nll, counts, beta)
 
 
-def simnpo_loss_from_nll(
-    nll: torch.Tensor, counts: torch.Tensor, beta: float, delta: float = 0.0
-) -> torch.Tensor:
+def simnpo_loss_from_nll(nll: torch.Tensor, counts: torch.Tensor, beta: float, delta: float = 0.0) -> torch.Tensor:
     """SimNPO from per-sequence NLLs: L = −(2/β) · mean_b log σ(β · NLL_seq(b)/|y_b| − δ)."""
     per_token = nll / counts.clamp(min=1)
     return -(2.0 / beta) * _sequence_mean(F.logsigmoid(beta * per_token - delta), counts)
@@ -107,9 +101,7 @@ def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float, delta: 
     return simnpo_loss_from_nll(nll, counts, beta, delta)
 
 
-def undial_loss(
-    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, gamma: float
-) -> torch.Tensor:
+def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
     """UnDIAL: self-distillation toward the reference with the label logit lowered (Dong et al. 2024).
 
     Teacher z̃ = z_ref − γ·onehot(y) at each supervised position (by shift-invariance the same as

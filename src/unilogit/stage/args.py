@@ -61,9 +61,7 @@ class UnlearningArguments:
         if self.retain_dataset is not None and not self.retain_dataset.strip():
             self.retain_dataset = None
         if self.retain_loss is None:
-            self.retain_loss = (
-                METHODS[self.unlearn_method].default_retain_loss if self.retain_dataset else "none"
-            )
+            self.retain_loss = METHODS[self.unlearn_method].default_retain_loss if self.retain_dataset else "none"
         _choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
         if self.retain_loss != "none" and self.retain_dataset is None:
             raise ConfigError(

@@ -54,7 +54,7 @@ def run_unlearn(
     if needs_reference and finetuning_args.finetuning_type == "lora" and model_args.adapter_name_or_path:
         raise ConfigError(
             "adapter_name_or_path: the reference model must be the starting model, but with LoRA it is the "
-            "base with adapters disabled; merge the adapter first (llamafactory-cli export) and unlearn the merged model"
+            "base with adapters disabled; merge the adapter first (llamafactory-cli export), then unlearn the merge"
         )
     # Under LoRA create_ref_model returns None and the trainer disables the adapter instead: no copy.
     ref_model = create_ref_model(model_args, finetuning_args) if needs_reference else None
@@ -82,9 +82,7 @@ def run_unlearn(
         train_dataset=PairedDataset(forget["train_dataset"], retain_train, training_args.seed)
         if "train_dataset" in forget
         else None,
-        eval_dataset=PairedDataset(eval_forget, retain_train, training_args.seed)
-        if eval_forget is not None
-        else None,
+        eval_dataset=PairedDataset(eval_forget, retain_train, training_args.seed) if eval_forget is not None else None,
         **tokenizer_module,
     )
 
