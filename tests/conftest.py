@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from unilogit._compat import install_torchaudio_stub
 
@@ -67,6 +70,81 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     LlamaForCausalLM(config).save_pretrained(out)
     return str(out)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``unilogit`` console script in a subprocess, as a user would."""
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    for key in ("FORCE_TORCHRUN", "LOCAL_RANK"):
+        full_env.pop(key, None)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("unilogit")), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def memorized_model_dir(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Llama fine-tuned on forget + retain sets with ``stage: sft`` through ``unilogit train``.
+
+    This is the "target model" of an unlearning experiment: unlearning must raise its forget-set NLL.
+    """
+    out = tmp_path_factory.mktemp("memorized")
+    config = {
+        "stage": "sft",
+        "do_train": True,
+        "model_name_or_path": tiny_model_dir,
+        "finetuning_type": "full",
+        "dataset": "example_forget,example_retain",
+        "dataset_dir": str(DATA_DIR),
+        "template": "chatml",
+        "cutoff_len": 128,
+        "output_dir": str(out),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "max_steps": 40,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "use_cpu": True,
+    }
+    path = out.parent / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("train", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(out)
+
+
+def forget_set_nll(model, tokenizer) -> float:
+    """Token-mean NLL of the example forget set's answers, computed here independently of the trainer."""
+    import torch
+
+    records = json.loads((DATA_DIR / "examples" / "forget_qa.json").read_text())
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for record in records:
+            prompt = [{"role": "user", "content": record["instruction"]}]
+            full = [*prompt, {"role": "assistant", "content": record["output"]}]
+            prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            full_ids = tokenizer.apply_chat_template(full, tokenize=True)
+            prompt_ids = prompt_ids if isinstance(prompt_ids, list) else prompt_ids["input_ids"]
+            full_ids = full_ids if isinstance(full_ids, list) else full_ids["input_ids"]
+            ids = torch.tensor([full_ids])
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            start = len(prompt_ids) - 1  # first answer token is predicted at this position
+            picked = log_probs[start:].gather(-1, targets[start:, None])
+            total -= float(picked.sum())
+            count += picked.numel()
+    return total / count
 
 
 @pytest.fixture(autouse=True)

@@ -167,8 +167,11 @@ def train(argv: list[str]) -> None:
     run_unlearn_from_config(config)
 
 
-def run_unlearn_from_config(config: dict[str, Any]) -> None:
-    """Parse a resolved config dict and run the unlearn stage (used by ``train`` and the tests)."""
+def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None = None) -> None:
+    """Parse a resolved config dict and run the unlearn stage (used by ``train`` and the tests).
+
+    ``callbacks`` are extra ``TrainerCallback``s, added after the logging and reporting ones.
+    """
     import torch.distributed as dist
     from llamafactory.hparams import get_train_args
     from llamafactory.train.callbacks import ReporterCallback
@@ -184,9 +187,12 @@ def run_unlearn_from_config(config: dict[str, Any]) -> None:
         raise ConfigError(str(err).splitlines()[0]) from None
     if not data_args.dataset:
         raise ConfigError("dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>")
+    if not (training_args.do_train or training_args.do_eval):
+        raise ConfigError("do_train: nothing to do; set do_train: true (or do_eval: true with an eval set)")
     callbacks = [
         UnlearningLogCallback(),
         ReporterCallback(model_args, data_args, finetuning_args, generating_args),
+        *(callbacks or []),
     ]
     try:
         run_unlearn(model_args, data_args, training_args, finetuning_args, unlearning_args, callbacks)

