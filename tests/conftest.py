@@ -14,6 +14,9 @@ import yaml
 from unilogit._compat import install_torchaudio_stub
 
 install_torchaudio_stub()
+# llamafactory's logger binds the sys.stderr of the moment it is first imported; import it now, outside
+# any test's capsys, so later tests never log into a stream a finished test has closed.
+import llamafactory.hparams  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"

@@ -25,6 +25,7 @@ SETTINGS = settings(
     max_examples=20,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ class CountModels(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         gc.collect()
-        self.count = sum(isinstance(obj, LlamaForCausalLM) for obj in gc.get_objects())
+        with warnings.catch_warnings():  # isinstance on some deprecated torch module attributes warns
+            warnings.simplefilter("ignore")
+            self.count = sum(isinstance(obj, LlamaForCausalLM) for obj in gc.get_objects())
 
 
 def _reload(output_dir: Path, base_dir: str, finetuning_type: str) -> torch.nn.Module:

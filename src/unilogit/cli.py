@@ -20,6 +20,7 @@ USAGE = """usage: unilogit <command> [args]
 
 commands:
   train CONFIG.yaml [key=value ...]   train; `stage: unlearn` runs unlearning, other stages go to llamafactory
+  report OUTPUT_DIR [--overwrite]     forget/retain NLL of an unlearn run vs its initial model, as a table
   version                             print the unilogit and llamafactory versions
   help                                show this message
   chat | export | api | webchat | env llamafactory's commands, unchanged
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_version())
         elif command == "train":
             train(argv)
+        elif command == "report":
+            _report(argv)
         elif command in DELEGATED:
             _delegate(command, argv)
         else:
@@ -51,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unilogit: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _report(argv: list[str]) -> None:
+    overwrite = "--overwrite" in argv
+    paths = [a for a in argv if a != "--overwrite"]
+    if len(paths) != 1:
+        raise ConfigError("report needs one run folder: unilogit report OUTPUT_DIR [--overwrite]")
+    from unilogit._compat import install_torchaudio_stub
+
+    install_torchaudio_stub()
+    from unilogit.evaluation.report import evaluate_run
+
+    evaluate_run(paths[0], overwrite=overwrite)
 
 
 def _version() -> str:
@@ -173,9 +189,12 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
     ``callbacks`` are extra ``TrainerCallback``s, added after the logging and reporting ones.
     """
     import torch.distributed as dist
+    import yaml
     from llamafactory.hparams import get_train_args
     from llamafactory.train.callbacks import ReporterCallback
 
+    from unilogit.evaluation.report import CONFIG_NAME
+    from unilogit.io import atomic_write_text
     from unilogit.stage.args import split_unlearning_args
     from unilogit.stage.callbacks import UnlearningLogCallback
     from unilogit.stage.workflow import run_unlearn
@@ -189,6 +208,9 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
         raise ConfigError("dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>")
     if not (training_args.do_train or training_args.do_eval):
         raise ConfigError("do_train: nothing to do; set do_train: true (or do_eval: true with an eval set)")
+    if training_args.do_train and training_args.should_save:
+        # The resolved configuration, so that the run can be reproduced and `unilogit report` can evaluate it.
+        atomic_write_text(Path(training_args.output_dir) / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False))
     callbacks = [
         UnlearningLogCallback(),
         ReporterCallback(model_args, data_args, finetuning_args, generating_args),

@@ -1,0 +1,113 @@
+"""``unilogit report RUN_DIR``: forget and retain NLL of the initial and the unlearned model, as a table.
+
+It reads the configuration the unlearn stage saved in ``RUN_DIR/unlearn_config.yaml``, tokenizes the
+forget and retain sets exactly as training did (llamafactory's template and loader), evaluates the
+initial model and the unlearned one, prints a table and writes ``RUN_DIR/report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unilogit.io import atomic_write_text
+from unilogit.stage.args import ConfigError
+
+CONFIG_NAME = "unlearn_config.yaml"
+REPORT_NAME = "report.json"
+
+
+def _tokenized_sets(config: dict[str, Any], output_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The tokenizer module and {"forget": dataset, "retain": dataset} tokenized as in training."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    from unilogit.stage.data import load_split
+
+    keys = ("model_name_or_path", "template", "dataset_dir", "cutoff_len", "trust_remote_code")
+    args = {k: config[k] for k in keys if k in config}
+    args.update(stage="sft", dataset=config["dataset"], output_dir=output_dir, do_train=True, report_to="none")
+    model_args, data_args, training_args, _, _ = get_train_args(args)
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    split_args = (template, model_args, data_args, training_args, tokenizer_module)
+    sets = {"forget": load_split(data_args.dataset, "dataset", *split_args)["train_dataset"]}
+    if config.get("retain_dataset"):
+        names = [n.strip() for n in str(config["retain_dataset"]).split(",")]
+        sets["retain"] = load_split(names, "retain_dataset", *split_args)["train_dataset"]
+    return tokenizer_module, sets
+
+
+def _last_terms(run_dir: Path) -> dict[str, float]:
+    log = run_dir / "trainer_log.jsonl"
+    if not log.is_file():
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    steps = [row for row in rows if "loss" in row]
+    return {k: v for k, v in steps[-1].items() if k in ("loss", "forget_loss", "retain_loss")} if steps else {}
+
+
+def evaluate_run(run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate ``run_dir`` against its initial model; print the table and write ``report.json``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from unilogit.evaluation.likelihood import dataset_nll
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path} is missing; report works on an output_dir written by `stage: unlearn`")
+    if (run_dir / REPORT_NAME).exists() and not overwrite:
+        raise ConfigError(f"{run_dir / REPORT_NAME} exists; pass --overwrite to replace it")
+    config = yaml.safe_load(config_path.read_text())
+
+    with tempfile.TemporaryDirectory() as scratch:
+        _, sets = _tokenized_sets(config, scratch)
+    base = AutoModelForCausalLM.from_pretrained(config["model_name_or_path"], dtype=torch.float32)
+    rows: dict[str, dict[str, float]] = {}
+    for name, dataset in sets.items():
+        rows[name] = {"initial": dataset_nll(base, dataset, desc=f"{name} NLL, initial model")}
+    if (run_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        unlearned = PeftModel.from_pretrained(base, run_dir)
+    else:
+        del base
+        unlearned = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    for name, dataset in sets.items():
+        rows[name]["unlearned"] = dataset_nll(unlearned, dataset, desc=f"{name} NLL, unlearned model")
+
+    report = {
+        "run_dir": str(run_dir),
+        "unlearn_method": config.get("unlearn_method", "unilogit"),
+        "nll": rows,
+        "last_step": _last_terms(run_dir),
+    }
+    atomic_write_text(run_dir / REPORT_NAME, json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A Markdown table: answer NLL on each set before and after unlearning, and the last logged terms."""
+    lines = [
+        f"unlearning report: {report['unlearn_method']} ({report['run_dir']})",
+        "",
+        "| metric | initial | unlearned | change |",
+        "|---|---:|---:|---:|",
+    ]
+    meaning = {"forget": "higher = forgotten", "retain": "lower = kept"}
+    for name, values in report["nll"].items():
+        change = values["unlearned"] - values["initial"]
+        lines.append(
+            f"| {name} NLL ({meaning[name]}) | {values['initial']:.4f} | {values['unlearned']:.4f} | {change:+.4f} |"
+        )
+    for key, value in report["last_step"].items():
+        lines.append(f"| {key} (last step) | | {value:.4f} | |")
+    return "\n".join(lines)

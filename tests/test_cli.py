@@ -1,0 +1,104 @@
+"""The ``unilogit`` command as a user runs it: help, version, stage hand-off and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, base_config, run_cli
+from unilogit import cli
+
+
+def _run_in_process(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    """``cli.main`` in this process (llamafactory is imported once, not per case); returns (code, stderr)."""
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def _error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("unilogit: error:")]
+    assert len(lines) == 1, stderr[-2000:]
+    return lines[0]
+
+
+def test_help_and_version() -> None:
+    helped = run_cli("--help")
+    assert helped.returncode == 0 and "train CONFIG.yaml" in helped.stdout
+    version = run_cli("version")
+    assert version.returncode == 0 and "llamafactory 0.9.5" in version.stdout
+
+
+def test_sft_stage_goes_to_llamafactory(memorized_model_dir: str) -> None:
+    """``stage: sft`` through ``unilogit train`` (the fixture) trains the target model with llamafactory."""
+    out = Path(memorized_model_dir)
+    assert (out / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert "forget_loss" not in rows[0]  # llamafactory's own SFT workflow ran, not ours
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["unlearn_methd=ga"], "unknown config key 'unlearn_methd'; did you mean 'unlearn_method'?"),
+        (["unlearn_method=foo"], "unlearn_method: 'foo' is not valid; allowed values: ga | npo | simnpo | undial"),
+        (["retain_loss=l2"], "retain_loss: 'l2' is not valid; allowed values: none | nll | kl"),
+        (["npo_beta=-1"], "npo_beta: -1 is out of range"),
+        (["retain_weight=-0.5"], "retain_weight: -0.5 is out of range"),
+        (["unilogit_target=teacher"], "unilogit_target: 'teacher' is not valid; allowed values: current | initial"),
+        (["unilogit_divergence=js"], "unilogit_divergence: 'js' is not valid; allowed values: reverse | forward"),
+        (["retain_dataset=null", "retain_loss=kl"], "retain_loss"),
+        (["dataset=nope"], "Undefined dataset nope"),
+    ],
+)
+def test_bad_values_give_one_line_errors(
+    overrides: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = str(ROOT / "examples/unlearn/unilogit_full.yaml")
+    code, stderr = _run_in_process(capsys, "train", config, f"output_dir={tmp_path}", *overrides)
+    assert code == 2
+    assert expected in _error_line(stderr)
+
+
+def test_console_script_exits_2_with_one_line() -> None:
+    result = run_cli("train", str(ROOT / "examples/unlearn/ga_full.yaml"), "unlearn_methd=ga")
+    assert result.returncode == 2
+    assert "did you mean 'unlearn_method'?" in _error_line(result.stderr)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("stage: unlearn\nunlearn_method: [ga\n")
+    code, stderr = _run_in_process(capsys, "train", str(path))
+    assert code == 2
+    assert "YAML syntax error at line" in _error_line(stderr)
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture) -> None:
+    code, stderr = _run_in_process(capsys, "train", "no/such/config.yaml")
+    assert code == 2
+    assert "does not exist" in _error_line(stderr)
+
+
+def test_empty_forget_set_is_refused(tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """cutoff_len so short that no answer token survives: an error, not a run that divides by zero."""
+    config = base_config(tiny_model_dir, tmp_path / "out", unlearn_method="ga", cutoff_len=1)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, stderr = _run_in_process(capsys, "train", str(path))
+    assert code == 2
+    assert "no supervised tokens" in _error_line(stderr)
+
+
+def test_torchrun_relaunch_follows_llamafactory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FORCE_TORCHRUN relaunches (as llamafactory's launcher does); a torchrun worker never relaunches."""
+    assert not cli._needs_torchrun()  # one CPU process
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    assert cli._needs_torchrun()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not cli._needs_torchrun()
