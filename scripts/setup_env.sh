@@ -11,7 +11,7 @@ STAMP="$VENV/.unilogit-installed"
 REQ="$ROOT/requirements.txt"
 PY="${PYTHON:-python3}"
 
-want="$(sha256sum "$REQ" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+want="$(sha256sum "$REQ" "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi
@@ -21,7 +21,7 @@ echo "[setup] creating/updating $VENV (one-time, a few minutes)" >&2
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # pip warns once per package about local index folders this machine's pip.conf lists but lacks; drop that noise.
 pip_install() {
-  pip_install "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  "${PIP[@]}" install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
 torch_pin="$(grep -E '^torch==' "$REQ")"
