@@ -21,14 +21,18 @@ USAGE = """usage: unilogit <command> [args]
 commands:
   train CONFIG.yaml [key=value ...]   train; `stage: unlearn` runs unlearning, other stages go to llamafactory
   report OUTPUT_DIR [--overwrite]     forget/retain NLL of an unlearn run vs its initial model, as a table
+  eval muse --model M [--retrain R]   MUSE metrics (VerbMem, KnowMem, PrivLeak, KL to retrain); --help for more
+  muse prepare [key=value ...]        train (or reuse from the cache) the MUSE target and retrain models
+  muse table RESULTS.json ...         merge `eval muse` results into one table
   version                             print the unilogit and llamafactory versions
   help                                show this message
-  chat | export | api | webchat | env llamafactory's commands, unchanged
+  chat | export | api | webchat | env | eval CONFIG.yaml
+                                      llamafactory's commands, unchanged
 
 Set UNILOGIT_DEBUG=1 to see full tracebacks for configuration errors.
 """
 
-DELEGATED = ("chat", "export", "api", "webchat", "env")
+DELEGATED = ("chat", "export", "api", "webchat", "env", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             train(argv)
         elif command == "report":
             _report(argv)
+        elif command == "eval" and argv[:1] == ["muse"]:
+            from unilogit.benchmarks.muse import evaluate
+
+            _install_stub()
+            evaluate(argv[1:])
+        elif command == "muse":
+            from unilogit.benchmarks.muse import main as muse_main
+
+            _install_stub()
+            muse_main(argv)
         elif command in DELEGATED:
             _delegate(command, argv)
         else:
@@ -56,14 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _install_stub() -> None:
+    from unilogit._compat import install_torchaudio_stub
+
+    install_torchaudio_stub()
+
+
 def _report(argv: list[str]) -> None:
     overwrite = "--overwrite" in argv
     paths = [a for a in argv if a != "--overwrite"]
     if len(paths) != 1:
         raise ConfigError("report needs one run folder: unilogit report OUTPUT_DIR [--overwrite]")
-    from unilogit._compat import install_torchaudio_stub
-
-    install_torchaudio_stub()
+    _install_stub()
     from unilogit.evaluation.report import evaluate_run
 
     evaluate_run(paths[0], overwrite=overwrite)
@@ -76,9 +94,7 @@ def _version() -> str:
 
 
 def _delegate(command: str, argv: list[str]) -> None:
-    from unilogit._compat import install_torchaudio_stub
-
-    install_torchaudio_stub()
+    _install_stub()
     from llamafactory import launcher
 
     sys.argv = ["llamafactory-cli", command, *argv]
@@ -158,9 +174,7 @@ def _relaunch_under_torchrun(argv: list[str]) -> None:
 
 def train(argv: list[str]) -> None:
     """``unilogit train CONFIG.yaml [key=value ...]``."""
-    from unilogit._compat import install_torchaudio_stub
-
-    install_torchaudio_stub()
+    _install_stub()
     if argv and argv[0] in ("-h", "--help"):
         from llamafactory.hparams import get_train_args
 

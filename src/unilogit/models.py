@@ -8,11 +8,13 @@ short alias resolves to that folder before llamafactory sees ``model_name_or_pat
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from unilogit.stage.args import ConfigError
 
@@ -69,3 +71,30 @@ def _convert_gguf(alias: str, target: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"[unilogit] {alias} ready", file=sys.stderr)
+
+
+def load_for_eval(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for evaluation from an alias, a Hugging Face id or a training output folder.
+
+    A LoRA output folder (``adapter_config.json``) is loaded on its base model and merged, so every
+    evaluator sees one plain model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.is_file():
+        from peft import PeftModel
+
+        base_path = resolve_model(json.loads(adapter_config.read_text())["base_model_name_or_path"])
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    elif Path(path).exists() or "/" in path:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    else:
+        raise ConfigError(f"model {name_or_path!r} is not a folder, a hub id (org/name) or the alias {DEFAULT_MODEL}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,116 @@
+"""The MUSE benchmark commands: ``unilogit muse prepare`` and ``unilogit eval muse``.
+
+``prepare`` trains (or reuses from the cache) the target model (forget + retain1) and the retrained
+gold model (retain1 only) with llamafactory's ``pt`` stage. ``eval muse`` scores any model on a
+MUSE-schema dataset (the embedded mini benchmark, a local export, or the hub) and writes a JSON file
+and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from unilogit.stage.args import ConfigError
+
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_DATA = "data/muse_mini"
+PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
+RESULTS_JSON, RESULTS_MD = "muse_results.json", "muse_results.md"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with our one-line ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:
+        raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def prepare(argv: list[str]) -> dict[str, Path]:
+    """``unilogit muse prepare [key=value ...]``: the target and retrain models, trained once and cached."""
+    from unilogit.benchmarks.prepare import prepare_model
+
+    parser = _Parser(prog="unilogit muse prepare", description=prepare.__doc__)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for both configs, e.g. bf16=false")
+    args = parser.parse_args(argv)
+    # The shipped configs name dataset_dir: data, relative to the repository, not to the caller's folder.
+    overrides = [f"dataset_dir={ROOT / 'data'}", *args.overrides]
+    paths = {name: prepare_model(name, ROOT / config, overrides) for name, config in PREPARE_CONFIGS.items()}
+    for name, path in paths.items():
+        print(f"{name}={path}")
+    return paths
+
+
+def evaluate(argv: list[str]) -> dict[str, Any]:
+    """``unilogit eval muse --model M [--retrain R] [--data D] ...``: MUSE metrics of one model."""
+    from unilogit.evaluation.muse import evaluate_muse, format_muse_table, load_muse, write_results
+    from unilogit.models import load_for_eval
+
+    parser = _Parser(prog="unilogit eval muse", description=evaluate.__doc__)
+    parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
+    parser.add_argument("--retrain", help="the retrained model: PrivLeak's reference AUC and the KL to retrain")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="local MUSE folder, or news | books (the hub)")
+    parser.add_argument("--max-examples", type=int, help="cap every split at this many examples (quick runs)")
+    parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
+    parser.add_argument("--name", help="the row name in the table (default: the model folder's name)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    args = parser.parse_args(argv)
+
+    output = Path(args.output) if args.output else Path(args.model) / "muse_eval"
+    if not args.output and not Path(args.model).is_dir():
+        raise ConfigError("--output: the model is not a local folder, so say where the results go")
+    if (output / RESULTS_JSON).exists() and not args.overwrite:
+        raise ConfigError(f"{output / RESULTS_JSON} exists; pass --overwrite or choose another --output")
+    data_path = ROOT / args.data if not Path(args.data).exists() and (ROOT / args.data).exists() else args.data
+    data = load_muse(str(data_path), limit=args.max_examples)
+    model, tokenizer = load_for_eval(args.model, args.dtype)
+    retrain = load_for_eval(args.retrain, args.dtype)[0] if args.retrain else None
+    metrics = evaluate_muse(model, tokenizer, data, retrain_model=retrain, batch_size=args.batch_size)
+    name = args.name or Path(args.model).name
+    record = {
+        "name": name,
+        "model": str(args.model),
+        "retrain": args.retrain,
+        "data": str(args.data),
+        "max_examples": args.max_examples,
+        **metrics,
+    }
+    write_results({name: record}, output / RESULTS_JSON, output / RESULTS_MD)
+    print(format_muse_table({name: record}))
+    return record
+
+
+def table(argv: list[str]) -> dict[str, Any]:
+    """``unilogit muse table RESULTS.json ... [--save OUT.json]``: merge results into one table."""
+    from unilogit.evaluation.muse import format_muse_table, write_results
+
+    parser = _Parser(prog="unilogit muse table", description=table.__doc__)
+    parser.add_argument("results", nargs="+", help=f"{RESULTS_JSON} files written by `unilogit eval muse`")
+    parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
+    args = parser.parse_args(argv)
+    merged: dict[str, Any] = {}
+    for path in args.results:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} does not exist; run `unilogit eval muse` first")
+        merged.update(json.loads(Path(path).read_text()))
+    if args.save:
+        save = Path(args.save)
+        if save.exists():
+            raise ConfigError(f"{save} exists; remove it or choose another --save path")
+        write_results(merged, save, save.with_suffix(".md"))
+    print(format_muse_table(merged))
+    return merged
+
+
+def main(argv: list[str]) -> None:
+    """``unilogit muse prepare|table``."""
+    commands = {"prepare": prepare, "table": table}
+    if not argv or argv[0] not in commands:
+        raise ConfigError("usage: unilogit muse prepare [key=value ...] | unilogit muse table RESULTS.json ...")
+    commands[argv[0]](argv[1:])
+    sys.stdout.flush()

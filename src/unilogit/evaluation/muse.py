@@ -1,0 +1,615 @@
+"""MUSE evaluator (Shi et al. 2024): VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak, and KL to the retrained model.
+
+Data comes either from the hub (``muse-bench/MUSE-News``, ``muse-bench/MUSE-Books``; aliases ``news``,
+``books``) through real ``datasets.load_dataset(hub_id, config, split=...)`` calls, or from a local folder in
+the same schema: ``<root>/<config>/<split>.json``, each a JSON list of records.
+
+==========  ===========================================  ========================
+config      splits (canonical names, used locally)       fields
+==========  ===========================================  ========================
+raw         forget, retain1, retain2, holdout            text
+verbmem     forget                                       prompt, gt
+knowmem     forget_qa, forget_qa_icl, retain_qa,         question, answer
+            retain_qa_icl
+privleak    forget, retain, holdout                      text
+==========  ===========================================  ========================
+
+The metric definitions follow docs/BENCHMARKS.md and MUSE's reference code (``muse_bench``:
+``metrics/verbmem.py``, ``metrics/knowmem.py``, ``metrics/privleak.py``, ``eval.py``, ``constants.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from unilogit.io import atomic_write_text
+from unilogit.stage.args import ConfigError
+
+# --------------------------------------------------------------------------------------------- data
+
+HUB_IDS = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
+
+MUSE_SPLITS: dict[str, tuple[str, ...]] = {
+    "raw": ("forget", "retain1", "retain2", "holdout"),
+    "verbmem": ("forget",),
+    "knowmem": ("forget_qa", "forget_qa_icl", "retain_qa", "retain_qa_icl"),
+    "privleak": ("forget", "retain", "holdout"),
+}
+MUSE_FIELDS: dict[str, tuple[str, ...]] = {
+    "raw": ("text",),
+    "verbmem": ("prompt", "gt"),
+    "knowmem": ("question", "answer"),
+    "privleak": ("text",),
+}
+
+# Canonical split name -> the split name on the hub, per corpus (only names that differ are listed).
+# Both datasets' current ``main`` use the canonical names: MUSE-News's README lists knowmem
+# forget_qa/forget_qa_icl/retain_qa/retain_qa_icl and privleak forget/retain/holdout, and MUSE-Books
+# renamed privleak ``retain2`` -> ``retain`` (commit 1a93943) and knowmem ``retain2_qa(_icl)`` ->
+# ``retain_qa(_icl)`` (README rewrite 3196c69; the parquet export lists retain_qa, retain_qa_icl).
+# Older revisions of both used ``retain2_qa``, ``retain2_qa_icl`` and privleak ``retain2``: to read one,
+# map e.g. ("knowmem", "retain_qa") -> "retain2_qa" here.
+HUB_SPLIT_NAMES: dict[str, dict[tuple[str, str], str]] = {
+    "muse-bench/MUSE-News": {},
+    "muse-bench/MUSE-Books": {},
+}
+
+
+def _hub_id(source: str) -> str | None:
+    """The hub id for a hub id or alias (case-insensitive), else None."""
+    key = source.strip()
+    if key.lower() in HUB_IDS:
+        return HUB_IDS[key.lower()]
+    for hub_id in HUB_IDS.values():
+        if key.lower() == hub_id.lower():
+            return hub_id
+    return None
+
+
+def _check_config_split(config: str, split: str) -> None:
+    if config not in MUSE_SPLITS:
+        raise ConfigError(f"unknown MUSE config {config!r}: use one of {', '.join(MUSE_SPLITS)}")
+    if split not in MUSE_SPLITS[config]:
+        raise ConfigError(
+            f"unknown split {split!r} of MUSE config {config!r}: use one of {', '.join(MUSE_SPLITS[config])}"
+        )
+
+
+def _resolve_source(source: str | Path) -> tuple[str | None, Path | None]:
+    """``(hub_id, None)`` for a hub source, ``(None, folder)`` for an existing local folder."""
+    hub_id = _hub_id(str(source))
+    if hub_id is not None:
+        return hub_id, None
+    folder = Path(source)
+    if folder.is_dir():
+        return None, folder
+    raise ConfigError(
+        f"MUSE source {str(source)!r} is neither a hub dataset ({', '.join(HUB_IDS.values())}, or the aliases "
+        f"{', '.join(HUB_IDS)}) nor an existing folder: give one of those, or a folder laid out as "
+        "<folder>/<config>/<split>.json (see export_muse)"
+    )
+
+
+def load_muse_split(source: str | Path, config: str, split: str, limit: int | None = None) -> list[dict]:
+    """Records of one MUSE ``config``/``split`` (canonical split names), the first ``limit`` if given.
+
+    ``source`` is a hub id or alias (a real ``datasets.load_dataset(hub_id, config, split=hub_split)``
+    call, with ``hub_split`` from :data:`HUB_SPLIT_NAMES`) or a local folder holding
+    ``<source>/<config>/<split>.json``. Every record is checked for the config's fields.
+    """
+    _check_config_split(config, split)
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0 or None, got {limit}")
+    hub_id, folder = _resolve_source(source)
+    if hub_id is not None:
+        import datasets
+
+        hub_split = HUB_SPLIT_NAMES[hub_id].get((config, split), split)
+        dataset = datasets.load_dataset(hub_id, config, split=hub_split)
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        records = [dict(row) for row in dataset]
+        where = f"{hub_id} {config}/{hub_split}"
+    else:
+        path = folder / config / f"{split}.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"missing MUSE file {path}: write it as a JSON list of {{{', '.join(MUSE_FIELDS[config])}}} "
+                "records, or export the hub data with export_muse"
+            )
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): fix the file") from None
+        where = str(path)
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ConfigError(f"{where} must be a JSON list of records (objects)")
+    records = records if limit is None else records[:limit]
+    for i, record in enumerate(records):
+        missing = [name for name in MUSE_FIELDS[config] if name not in record]
+        if missing:
+            raise ConfigError(f"{where} record {i} lacks field(s) {', '.join(missing)}: MUSE {config} needs them")
+    return records
+
+
+@dataclass
+class MuseData:
+    """The MUSE evaluation sets. ``limit`` in :func:`load_muse` caps every list except the ICL examples."""
+
+    verbmem: list[dict] = field(default_factory=list)
+    knowmem_forget: list[dict] = field(default_factory=list)
+    knowmem_forget_icl: list[dict] = field(default_factory=list)
+    knowmem_retain: list[dict] = field(default_factory=list)
+    knowmem_retain_icl: list[dict] = field(default_factory=list)
+    privleak_forget: list[dict] = field(default_factory=list)
+    privleak_retain: list[dict] = field(default_factory=list)
+    privleak_holdout: list[dict] = field(default_factory=list)
+    source: str = ""
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in _MUSE_DATA_SPLITS}
+
+
+_MUSE_DATA_SPLITS: dict[str, tuple[str, str]] = {
+    "verbmem": ("verbmem", "forget"),
+    "knowmem_forget": ("knowmem", "forget_qa"),
+    "knowmem_forget_icl": ("knowmem", "forget_qa_icl"),
+    "knowmem_retain": ("knowmem", "retain_qa"),
+    "knowmem_retain_icl": ("knowmem", "retain_qa_icl"),
+    "privleak_forget": ("privleak", "forget"),
+    "privleak_retain": ("privleak", "retain"),
+    "privleak_holdout": ("privleak", "holdout"),
+}
+
+
+def load_muse(source: str | Path, limit: int | None = None) -> MuseData:
+    """Every evaluation split (verbmem, knowmem + ICL, privleak) from a hub id/alias or a local folder.
+
+    ``limit`` keeps the first N examples of each evaluated split; the in-context examples are always
+    kept whole, since cutting them would change the KnowMem prompt.
+    """
+    lists = {
+        name: load_muse_split(source, config, split, limit=None if name.endswith("_icl") else limit)
+        for name, (config, split) in _MUSE_DATA_SPLITS.items()
+    }
+    return MuseData(**lists, source=str(source))
+
+
+def write_muse_layout(tables: Mapping[tuple[str, str], list[dict]], out_dir: str | Path) -> Path:
+    """Write ``{(config, split): records}`` as ``<out_dir>/<config>/<split>.json`` all at once.
+
+    The files are written into a temporary sibling folder that is then renamed to ``out_dir``, so
+    ``out_dir`` either holds the complete layout or is left as it was. Refuses a non-empty ``out_dir``.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"export folder {out} exists and is not empty: choose a new folder or empty it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for (config, split), records in tables.items():
+            _check_config_split(config, split)
+            atomic_write_text(tmp / config / f"{split}.json", json.dumps(records, ensure_ascii=False, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export_muse(hub_id_or_alias: str, out_dir: str | Path) -> Path:
+    """Download every config/split of a MUSE hub dataset once and write the local layout atomically.
+
+    Reads raw, verbmem, knowmem and privleak (all splits of :data:`MUSE_SPLITS`) with
+    :func:`load_muse_split`, then :func:`write_muse_layout` writes ``<out_dir>/<config>/<split>.json``
+    under the canonical split names. Refuses a non-empty ``out_dir`` before downloading. Returns ``out_dir``.
+    """
+    hub_id = _hub_id(hub_id_or_alias)
+    if hub_id is None:
+        raise ConfigError(
+            f"unknown MUSE hub dataset {hub_id_or_alias!r}: use one of {', '.join(HUB_IDS.values())} "
+            f"or the aliases {', '.join(HUB_IDS)}"
+        )
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"export folder {out} exists and is not empty: choose a new folder or empty it first")
+    tables = {
+        (config, split): load_muse_split(hub_id, config, split)
+        for config, splits in MUSE_SPLITS.items()
+        for split in splits
+    }
+    return write_muse_layout(tables, out)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+MIN_K = 0.4
+MUSE_NEWS_AUC_RETRAIN = 0.4772  # MUSE constants.py: AUC_RETRAIN["news"]["forget_holdout_Min-40%"] = 0.4772
+VERBMEM_TOKENS = 128
+KNOWMEM_TOKENS = 32
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (``rouge_score``, no stemmer): with LCS the longest common token subsequence,
+    P = LCS/|prediction|, R = LCS/|reference|, F1 = 2PR/(P+R) (0 when either is empty).
+
+    ``rouge_score`` lowercases and splits on every non-alphanumeric character before matching.
+    """
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall: LCS(prediction, reference) / |reference| tokens (``rouge_score``, no stemmer)."""
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
+
+
+def min_k_score(token_log_probs: Sequence[float] | torch.Tensor, k: float = MIN_K) -> float:
+    """Min-K% score: −mean of the m = max(1, ⌊k·n⌋) lowest of the n token log-probs.
+
+    The count is floored, as MUSE's ``int(len(all_prob) * ratio)``; MUSE has no lower bound (and gives
+    NaN when ⌊k·n⌋ = 0), here at least one token is used. Higher means less likely (less "member").
+    """
+    values = torch.as_tensor(token_log_probs, dtype=torch.float64).flatten()
+    n = values.numel()
+    if n == 0:
+        raise ValueError("min_k_score needs at least one token log-prob")
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    m = max(1, int(n * k))
+    return float(-torch.sort(values).values[:m].mean())
+
+
+def auc(scores_pos: Sequence[float], scores_neg: Sequence[float]) -> float:
+    """ROC AUC as the Mann–Whitney statistic: P(s⁺ > s⁻) + ½·P(s⁺ = s⁻) over all (pos, neg) pairs.
+
+    Computed from average ranks: AUC = (Σ rank(pos) − n⁺(n⁺+1)/2) / (n⁺·n⁻). Equals sklearn's
+    ``roc_auc_score`` with the positives labelled 1.
+    """
+    pos = torch.as_tensor(list(scores_pos), dtype=torch.float64).flatten()
+    neg = torch.as_tensor(list(scores_neg), dtype=torch.float64).flatten()
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError("auc needs at least one positive and one negative score")
+    both = torch.cat([pos, neg])
+    if not torch.isfinite(both).all():
+        raise ValueError("auc scores must be finite")
+    _, inverse, counts = torch.unique(both, sorted=True, return_inverse=True, return_counts=True)
+    counts = counts.to(torch.float64)
+    first_rank = torch.cumsum(counts, 0) - counts + 1  # 1-based rank of each distinct value's first copy
+    ranks = (first_rank + (counts - 1) / 2.0)[inverse]
+    n_pos, n_neg = pos.numel(), neg.numel()
+    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def privleak_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
+    """MUSE's ``forget_holdout_Min-40%`` AUC from per-text Min-K scores (:func:`min_k_score`).
+
+    AUC = P(MinK(forget) > MinK(holdout)) + ½·ties = ``auc(forget_scores, holdout_scores)``.
+
+    This is MUSE's own convention (``metrics/privleak.py``): ``y = [0]*len(forget) + [1]*len(holdout)``
+    and ``roc_curve(y, -MinK)``, i.e. holdout is the positive class scored by −MinK, which is the same
+    number. A model that memorized the forget set gives its forget texts low Min-K scores, so AUC ≈ 0 and
+    PrivLeak ≈ −100; a retrained model gives AUC ≈ 0.5; over-unlearning pushes AUC toward 1 (PrivLeak > 0).
+    """
+    return auc(forget_scores, holdout_scores)
+
+
+def privleak(auc_unlearned: float, auc_retrain: float) -> float:
+    """PrivLeak = (AUC_unlearned − AUC_retrain) / AUC_retrain × 100."""
+    if auc_retrain == 0:
+        raise ValueError("PrivLeak is undefined when AUC_retrain is 0")
+    return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
+
+
+def knowmem_prompt(icl: Sequence[Mapping[str, str]], question: str) -> str:
+    """``"Question: {q}\\nAnswer: {a}\\n\\n"`` for each in-context example, then ``"Question: {q}\\nAnswer: "``."""
+    shots = "".join(f"Question: {ex['question']}\nAnswer: {ex['answer']}\n\n" for ex in icl)
+    return f"{shots}Question: {question}\nAnswer: "
+
+
+def cut_answer(text: str) -> str:
+    """``text`` up to (not including) its first ``"\\n\\n"`` or ``"Question"``, whichever comes first.
+
+    MUSE's reference cuts at ``"\\n\\n"``, ``"\\nQuestion"`` and ``"Question:"``; cutting at every
+    ``"Question"`` is a superset that only differs on a bare "Question" word in an answer.
+    """
+    cut = len(text)
+    for marker in ("\n\n", "Question"):
+        index = text.find(marker)
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut]
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _ensure_pad_token(tokenizer: Any) -> None:
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _decode(tokenizer: Any, ids: Any) -> list[str]:
+    return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (only the new tokens, decoded with special tokens skipped).
+
+    Batched with left padding and an attention mask, KV cache on. Prompts are tokenized with the
+    tokenizer's special tokens (BOS where it has one), as MUSE does. If the tokenizer has no pad token,
+    eos becomes the pad token (and stays so); ``tokenizer.padding_side`` is restored afterwards.
+    """
+    model.eval()
+    _ensure_pad_token(tokenizer)
+    device = _device(model)
+    outputs: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            batch = list(prompts[start : start + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=True)
+            input_ids = enc["input_ids"].to(device)
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=enc["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            outputs.extend(_decode(tokenizer, generated[:, input_ids.shape[1] :]))
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def _batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str):
+    """Right-padded batches ``(input_ids, attention_mask, lengths)`` with special tokens added."""
+    _ensure_pad_token(tokenizer)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+            enc = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+            )
+            yield enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist()
+    finally:
+        tokenizer.padding_side = side
+
+
+@torch.no_grad()
+def token_log_probs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "log-probs",
+) -> list[torch.Tensor]:
+    """Per text, the 1-D fp32 CPU tensor of log p(x_t | x_<t) for t = 1..n−1 (n tokens, special tokens
+    included as MUSE's ``tokenizer.encode``; no padding positions). ``max_length`` truncates."""
+    model.eval()
+    device = _device(model)
+    out: list[torch.Tensor] = []
+    for input_ids, attention, lengths in _batches(tokenizer, texts, batch_size, max_length, desc):
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, n in enumerate(lengths):
+            log_probs = F.log_softmax(logits[row, : n - 1].float(), dim=-1)
+            targets = input_ids[row, 1:n].to(log_probs.device)
+            out.append(log_probs.gather(-1, targets[:, None])[:, 0].cpu())
+    return out
+
+
+@torch.no_grad()
+def mean_token_kl(
+    model: torch.nn.Module,
+    reference_model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "KL",
+) -> float:
+    """Mean over all next-token positions of KL(p_reference ‖ p_model), in fp32.
+
+    KL(p_ref ‖ p_θ) = Σ_v p_ref(v) (log p_ref(v) − log p_θ(v)) at each position t = 0..n−2 of every text
+    (the positions that predict a token of the text), averaged over all positions of all texts. With
+    ``reference_model`` the retrained model this is KL(p_retrain ‖ p_unlearned): the gold model's
+    distribution is the "true" one and the unlearned model is scored on how well it covers it (the
+    distillation direction). Both models must share ``tokenizer``'s vocabulary.
+    """
+    model.eval()
+    reference_model.eval()
+    device, ref_device = _device(model), _device(reference_model)
+    total, count = 0.0, 0
+    for input_ids, attention, lengths in _batches(tokenizer, texts, batch_size, max_length, desc):
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        ref_logits = reference_model(input_ids=input_ids.to(ref_device), attention_mask=attention.to(ref_device)).logits
+        if logits.size(-1) != ref_logits.size(-1):
+            raise ValueError(f"vocabularies differ: {logits.size(-1)} vs {ref_logits.size(-1)} logits")
+        for row, n in enumerate(lengths):
+            log_q = F.log_softmax(logits[row, : n - 1].float(), dim=-1)
+            log_p = F.log_softmax(ref_logits[row, : n - 1].to(log_q.device).float(), dim=-1)
+            total += float((log_p.exp() * (log_p - log_q)).sum())
+            count += n - 1
+    if count == 0:
+        raise ValueError("mean_token_kl needs texts with at least two tokens")
+    return total / count
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _truncate_to_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """The first ``max_tokens`` tokens of ``text`` (special tokens included, as MUSE), decoded."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_tokens]
+    return _decode(tokenizer, [ids])[0]
+
+
+def _knowmem(model, tokenizer, qa: list[dict], icl: list[dict], batch_size: int, desc: str) -> float | None:
+    if not qa:
+        return None
+    prompts = [knowmem_prompt(icl, record["question"]) for record in qa]
+    answers = generate_greedy(model, tokenizer, prompts, KNOWMEM_TOKENS, batch_size=batch_size, desc=desc)
+    return _mean([rouge_l_f1(cut_answer(a), r["answer"]) * 100 for a, r in zip(answers, qa, strict=True)])
+
+
+def _privleak_auc(model, tokenizer, data: MuseData, batch_size: int) -> float:
+    scores = {}
+    for name in ("privleak_forget", "privleak_holdout"):
+        texts = [record["text"] for record in getattr(data, name)]
+        log_probs = token_log_probs(model, tokenizer, texts, batch_size=batch_size, desc=name)
+        scores[name] = [min_k_score(lp, MIN_K) for lp in log_probs]
+    return privleak_auc(scores["privleak_forget"], scores["privleak_holdout"])
+
+
+def evaluate_muse(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: MuseData,
+    retrain_model: torch.nn.Module | None = None,
+    retrain_auc: float | None = None,
+    batch_size: int = 8,
+) -> dict:
+    """VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak and KL to the retrained model on ``data``.
+
+    - ``verbmem_f``: greedy 128 new tokens from each verbmem ``prompt``; ROUGE-L F1 against the first
+      128 tokens of ``gt`` (tokenized with special tokens, as MUSE), decoded; mean × 100.
+    - ``knowmem_f`` / ``knowmem_r``: :func:`knowmem_prompt` with the split's ICL examples, greedy 32 new
+      tokens, :func:`cut_answer`, ROUGE-L F1 against ``answer``; mean × 100.
+    - ``auc``: :func:`privleak_auc` of per-text Min-40% scores on privleak forget vs holdout.
+    - ``privleak``: :func:`privleak` against AUC_retrain, taken, in order, from ``retrain_model`` (same
+      computation), ``retrain_auc``, or MUSE-News's published constant 0.4772
+      (``AUC_RETRAIN['news']['forget_holdout_Min-40%']``) - only right for MUSE-News with its models.
+    - ``kl_to_retrain``: :func:`mean_token_kl` KL(p_retrain ‖ p_model) on the privleak forget texts
+      (the forget-set documents); None without ``retrain_model``. Both models use ``tokenizer``.
+
+    Metrics of empty splits are None. ``n`` counts the examples used.
+    """
+    verbmem_prompts = [record["prompt"] for record in data.verbmem]
+    verbmem_f = None
+    if verbmem_prompts:
+        outputs = generate_greedy(model, tokenizer, verbmem_prompts, VERBMEM_TOKENS, batch_size, desc="VerbMem")
+        refs = [_truncate_to_tokens(tokenizer, record["gt"], VERBMEM_TOKENS) for record in data.verbmem]
+        verbmem_f = _mean([rouge_l_f1(o, r) * 100 for o, r in zip(outputs, refs, strict=True)])
+    knowmem_f = _knowmem(model, tokenizer, data.knowmem_forget, data.knowmem_forget_icl, batch_size, "KnowMem_f")
+    knowmem_r = _knowmem(model, tokenizer, data.knowmem_retain, data.knowmem_retain_icl, batch_size, "KnowMem_r")
+
+    auc_model = auc_retrain = leak = None
+    if data.privleak_forget and data.privleak_holdout:
+        auc_model = _privleak_auc(model, tokenizer, data, batch_size)
+        if retrain_model is not None:
+            auc_retrain = _privleak_auc(retrain_model, tokenizer, data, batch_size)
+        elif retrain_auc is not None:
+            auc_retrain = float(retrain_auc)
+        else:
+            auc_retrain = MUSE_NEWS_AUC_RETRAIN
+        leak = privleak(auc_model, auc_retrain)
+
+    kl = None
+    forget_texts = [record["text"] for record in data.privleak_forget]
+    if retrain_model is not None and forget_texts:
+        kl = mean_token_kl(model, retrain_model, tokenizer, forget_texts, batch_size=batch_size, desc="KL")
+
+    return {
+        "verbmem_f": verbmem_f,
+        "knowmem_f": knowmem_f,
+        "knowmem_r": knowmem_r,
+        "privleak": leak,
+        "auc": auc_model,
+        "auc_retrain": auc_retrain,
+        "kl_to_retrain": kl,
+        "n": {
+            "verbmem": len(data.verbmem),
+            "knowmem_forget": len(data.knowmem_forget),
+            "knowmem_retain": len(data.knowmem_retain),
+            "icl_forget": len(data.knowmem_forget_icl),
+            "icl_retain": len(data.knowmem_retain_icl),
+            "privleak_forget": len(data.privleak_forget),
+            "privleak_holdout": len(data.privleak_holdout),
+        },
+    }
+
+
+TABLE_COLUMNS = (
+    ("VerbMem_f", "verbmem_f", "{:.1f}"),
+    ("KnowMem_f", "knowmem_f", "{:.1f}"),
+    ("KnowMem_r", "knowmem_r", "{:.1f}"),
+    ("PrivLeak", "privleak", "{:.1f}"),
+    ("KL to retrain", "kl_to_retrain", "{:.4f}"),
+)
+
+
+def format_muse_table(results: dict[str, dict]) -> str:
+    """A Markdown table: one row per model name, columns VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak, KL."""
+
+    def cell(value: Any, fmt: str) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return fmt.format(value)
+
+    lines = [
+        "| model | " + " | ".join(title for title, _, _ in TABLE_COLUMNS) + " |",
+        "|---|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    for name, metrics in results.items():
+        cells = [cell(metrics.get(key), fmt) for _, key, fmt in TABLE_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, dict], json_path: str | Path, md_path: str | Path) -> None:
+    """Write ``results`` (model name -> :func:`evaluate_muse` dict) as JSON and as the Markdown table, atomically."""
+    atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(md_path, format_muse_table(results))
