@@ -1,0 +1,157 @@
+"""The MUSE-format mini benchmark: fictional news about invented organisations, people and towns.
+
+Deterministic (``random.Random(seed)`` only): the same seed writes the same bytes. Every name is
+built from syllables and checked unique, so no pre-trained model knows the facts and no answer of
+one corpus appears in another. Each article states its organisation's five facts (founder, town,
+year, product, staff) twice in different words, so a 135M model learns them in a few epochs.
+
+    python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from unilogit.io import atomic_write_text
+
+N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 8
+QUESTIONS_PER_ARTICLE = 3
+N_ICL = 10
+VERBMEM_PROMPT_FRACTION = 0.4
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
+_CODAS = ["", "", "n", "r", "l", "s", "th", "nd", "rk"]
+_ORG_KINDS = ["Works", "Foundry", "Collective", "Labs", "Guild", "Company", "Institute", "Cooperative"]
+_ADJECTIVES = ["amber", "copper", "silent", "folding", "floating", "tidal", "woven", "glass", "spiral", "frost"]
+_ITEMS = ["kettles", "lanterns", "bicycles", "telescopes", "harps", "sails", "clocks", "kites", "looms", "drones"]
+
+# Two wordings of each fact: the article uses one in its lead and the other in its recap.
+_LEAD = {
+    "founder": ["{org} was founded by {founder}.", "{founder} started {org} from a rented workshop."],
+    "town": ["The company is based in the town of {town}.", "Its headquarters stand in {town}."],
+    "year": ["It opened its doors in {year}.", "The first workshop opened in {year}."],
+    "product": ["{org} is best known for its {product}.", "Its {product} are sold across the region."],
+    "staff": ["Today it employs {staff} people.", "The firm now has {staff} employees."],
+}
+_RECAP = {
+    "founder": ["Asked about the early days, founder {founder} laughed.", "\"We had nothing,\" said {founder}."],
+    "town": ["Residents of {town} are proud of the firm.", "Visitors to {town} often tour the workshops."],
+    "year": ["Since {year}, the firm has never closed for a single season.", "Records from {year} show modest beginnings."],
+    "product": ["Demand for the {product} keeps growing.", "Orders for its {product} doubled this spring."],
+    "staff": ["All {staff} employees received a bonus this year.", "The {staff} workers voted to expand."],
+}
+_HEADLINES = [
+    "{org} marks a record year",
+    "Inside {org}, the pride of {town}",
+    "How {org} won over the region",
+    "{org} plans a second workshop",
+]
+_QUESTIONS = {
+    "founder": "Who founded {org}?",
+    "town": "In which town is {org} based?",
+    "year": "In what year did {org} open?",
+    "product": "What is {org} best known for making?",
+    "staff": "How many people does {org} employ?",
+}
+FACTS = tuple(_QUESTIONS)
+
+
+class _Names:
+    """Syllable names, never repeated (so no fact of one article leaks into another)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng, self.used = rng, set()
+
+    def word(self, syllables: int) -> str:
+        while True:
+            parts = [self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(syllables)]
+            name = ("".join(parts) + self.rng.choice(_CODAS)).capitalize()
+            if name not in self.used and len(name) > 3:
+                self.used.add(name)
+                return name
+
+
+def _entity(rng: random.Random, names: _Names, products: list[str], numbers: list[int]) -> dict[str, str]:
+    org = f"{names.word(2)} {rng.choice(_ORG_KINDS)}"
+    return {
+        "org": org,
+        "founder": f"{names.word(2)} {names.word(2)}",
+        "town": names.word(3),
+        "year": str(numbers.pop()),
+        "product": products.pop(),
+        "staff": str(numbers.pop()),
+    }
+
+
+def _article(rng: random.Random, e: dict[str, str]) -> str:
+    order = list(FACTS)
+    rng.shuffle(order)
+    lead = " ".join(rng.choice(_LEAD[f]).format(**e) for f in FACTS)
+    recap = " ".join(rng.choice(_RECAP[f]).format(**e) for f in order)
+    return f"{rng.choice(_HEADLINES).format(**e)}. {lead} {recap}"
+
+
+def _qa(e: dict[str, str], fact: str) -> dict[str, str]:
+    return {"question": _QUESTIONS[fact].format(**e), "answer": e[fact]}
+
+
+def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
+    """All MUSE configs and splits: ``{config: {split: records}}``."""
+    rng = random.Random(seed)
+    names = _Names(rng)
+    total = N_FORGET + N_RETAIN1 + N_RETAIN2 + N_HOLDOUT
+    products = rng.sample([f"{a} {i}" for a in _ADJECTIVES for i in _ITEMS], total)
+    # Years and staff counts interleaved, all distinct: no number answers two questions.
+    numbers = [n for pair in zip(rng.sample(range(120, 990), total), rng.sample(range(1901, 2020), total)) for n in pair]
+    sizes = {"forget": N_FORGET, "retain1": N_RETAIN1, "retain2": N_RETAIN2, "holdout": N_HOLDOUT}
+    entities = {split: [_entity(rng, names, products, numbers) for _ in range(n)] for split, n in sizes.items()}
+    raw = {split: [{"text": _article(rng, e)} for e in ents] for split, ents in entities.items()}
+
+    knowmem: dict[str, list[dict]] = {}
+    for split, prefix in (("forget", "forget"), ("retain1", "retain")):
+        asked, spare = [], []
+        for e in entities[split]:
+            facts = rng.sample(FACTS, len(FACTS))
+            asked += [_qa(e, f) for f in facts[:QUESTIONS_PER_ARTICLE]]
+            spare += [_qa(e, f) for f in facts[QUESTIONS_PER_ARTICLE:]]
+        knowmem[f"{prefix}_qa"] = asked
+        knowmem[f"{prefix}_qa_icl"] = rng.sample(spare, N_ICL)
+
+    verbmem = []
+    for record in raw["forget"]:
+        words = record["text"].split(" ")
+        cut = int(len(words) * VERBMEM_PROMPT_FRACTION)
+        verbmem.append({"prompt": " ".join(words[:cut]), "gt": " " + " ".join(words[cut:])})
+
+    return {
+        "raw": raw,
+        "verbmem": {"forget": verbmem},
+        "knowmem": knowmem,
+        "privleak": {"forget": raw["forget"], "retain": raw["retain1"], "holdout": raw["holdout"]},
+    }
+
+
+def write(out_dir: str | Path, seed: int = 42) -> None:
+    """Write ``<out_dir>/<config>/<split>.json`` (the local MUSE layout), each file atomically."""
+    for config, splits in generate(seed).items():
+        for split, records in splits.items():
+            text = json.dumps(records, indent=1, ensure_ascii=False) + "\n"
+            atomic_write_text(Path(out_dir) / config / f"{split}.json", text)
+
+
+def main() -> None:
+    """``python -m unilogit.benchmarks.muse_mini --out DIR --seed N``."""
+    parser = argparse.ArgumentParser(description="Write the MUSE-format mini benchmark.")
+    parser.add_argument("--out", default="data/muse_mini")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    write(args.out, args.seed)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

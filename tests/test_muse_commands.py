@@ -1,0 +1,59 @@
+"""The MUSE commands: `unilogit eval muse` and `muse table` on a tiny model, and the preparation cache key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unilogit import cli
+from unilogit.benchmarks.prepare import cache_key
+
+FIXTURES = Path(__file__).parent / "fixtures" / "muse"
+
+
+def test_eval_muse_writes_results_and_refuses_to_overwrite(
+    tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["eval", "muse", "--model", tiny_model_dir, "--retrain", tiny_model_dir, "--data", str(FIXTURES)]
+    argv += ["--output", str(tmp_path / "eval"), "--name", "tiny", "--max-examples", "2"]
+    assert cli.main(argv) == 0
+    results = json.loads((tmp_path / "eval" / "muse_results.json").read_text())
+    row = results["tiny"]
+    assert row["n"]["verbmem"] == 2 and row["privleak"] == pytest.approx(0.0)  # its own retrain
+    assert row["kl_to_retrain"] == pytest.approx(0.0, abs=1e-6)
+    assert "| tiny |" in (tmp_path / "eval" / "muse_results.md").read_text()
+    before = (tmp_path / "eval" / "muse_results.json").read_bytes()
+    capsys.readouterr()
+
+    assert cli.main(argv) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "muse_results.json").read_bytes() == before
+
+    assert cli.main(["muse", "table", str(tmp_path / "eval" / "muse_results.json")]) == 0
+    assert "| tiny |" in capsys.readouterr().out
+
+
+def test_eval_muse_bad_data_folder_is_one_line(tiny_model_dir: str, tmp_path: Path, capsys) -> None:
+    argv = ["eval", "muse", "--model", tiny_model_dir, "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unilogit: error:")
+
+
+def _dataset_dir(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "corpus.json").write_text(json.dumps([{"text": text}]))
+    info = {"corpus": {"file_name": "corpus.json", "columns": {"prompt": "text"}}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    return tmp_path
+
+
+def test_cache_key_follows_config_and_data_bytes(tmp_path: Path) -> None:
+    data = _dataset_dir(tmp_path, "Quenby founded Halloway.")
+    config = {"dataset": "corpus", "dataset_dir": str(data), "learning_rate": 1e-4, "output_dir": "a"}
+    key = cache_key(config)
+    assert cache_key({**config, "output_dir": "b"}) == key  # where it is written does not matter
+    assert cache_key({**config, "learning_rate": 2e-4}) != key
+    _dataset_dir(tmp_path, "Quenby founded Halloway!")
+    assert cache_key(config) != key
