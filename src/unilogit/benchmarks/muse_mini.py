@@ -38,9 +38,9 @@ _LEAD = {
     "staff": ["Today it employs {staff} people.", "The firm now has {staff} employees."],
 }
 _RECAP = {
-    "founder": ["Asked about the early days, founder {founder} laughed.", "\"We had nothing,\" said {founder}."],
+    "founder": ["Asked about the early days, founder {founder} laughed.", '"We had nothing," said {founder}.'],
     "town": ["Residents of {town} are proud of the firm.", "Visitors to {town} often tour the workshops."],
-    "year": ["Since {year}, the firm has never closed for a single season.", "Records from {year} show modest beginnings."],
+    "year": ["Since {year}, the firm has never closed for a season.", "Records from {year} show modest beginnings."],
     "product": ["Demand for the {product} keeps growing.", "Orders for its {product} doubled this spring."],
     "staff": ["All {staff} employees received a bonus this year.", "The {staff} workers voted to expand."],
 }
@@ -106,7 +106,8 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
     total = N_FORGET + N_RETAIN1 + N_RETAIN2 + N_HOLDOUT
     products = rng.sample([f"{a} {i}" for a in _ADJECTIVES for i in _ITEMS], total)
     # Years and staff counts interleaved, all distinct: no number answers two questions.
-    numbers = [n for pair in zip(rng.sample(range(120, 990), total), rng.sample(range(1901, 2020), total)) for n in pair]
+    staff, years = rng.sample(range(120, 990), total), rng.sample(range(1901, 2020), total)
+    numbers = [n for pair in zip(staff, years, strict=True) for n in pair]
     sizes = {"forget": N_FORGET, "retain1": N_RETAIN1, "retain2": N_RETAIN2, "holdout": N_HOLDOUT}
     entities = {split: [_entity(rng, names, products, numbers) for _ in range(n)] for split, n in sizes.items()}
     raw = {split: [{"text": _article(rng, e)} for e in ents] for split, ents in entities.items()}
