@@ -6,7 +6,7 @@
 #   RETRAIN_MODEL  target and retrain models); for mini both are trained once and cached (`unilogit muse prepare`)
 #   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN)
 #   DEEPSPEED      1: DeepSpeed ZeRO-3 with examples/deepspeed/ds_z3_config.json (GPU machines)
-#   BF16           true (default) | false: mixed precision for unlearning and preparation
+#   BF16           false (default) | true: bf16 mixed precision (GPUs, or CPUs with avx512_bf16) for unlearning and preparation
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
 set -euo pipefail
@@ -16,7 +16,7 @@ bash scripts/setup_env.sh
 CLI=.venv/bin/unilogit
 export TOKENIZERS_PARALLELISM=false
 MUSE_DATA="${MUSE_DATA:-mini}"
-BF16="${BF16:-true}"
+BF16="${BF16:-false}"
 
 case "$MUSE_DATA" in
   mini)  EVAL_DATA=data/muse_mini; FORGET=muse_mini_forget; RETAIN=muse_mini_retain ;;

@@ -185,10 +185,15 @@ def train(argv: list[str]) -> None:
     if _needs_torchrun():
         _relaunch_under_torchrun(argv)
 
+    from llamafactory.extras.misc import get_device_count
+
     from unilogit.models import resolve_model
 
     if "model_name_or_path" in config:
         config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
+    if "use_cpu" not in config and get_device_count() == 0:
+        # transformers refuses bf16 without an accelerator unless use_cpu is set; a laptop should just run.
+        config["use_cpu"] = True
     if config.get("stage", "sft") != "unlearn":
         from llamafactory.train.tuner import run_exp
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from unilogit.io import atomic_write_text
 
-N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 8
+N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 6
 QUESTIONS_PER_ARTICLE = 3
 N_ICL = 10
 VERBMEM_PROMPT_FRACTION = 0.4

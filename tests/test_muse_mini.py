@@ -1,0 +1,58 @@
+"""The MUSE-format mini benchmark: deterministic, shipped as generated, in MUSE's schema, and leak-free."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from conftest import DATA_DIR
+
+from unilogit.benchmarks import muse_mini
+from unilogit.evaluation.muse import load_muse
+
+SHIPPED = DATA_DIR / "muse_mini"
+
+
+def test_generator_is_deterministic_and_shipped_data_is_its_output(tmp_path: Path) -> None:
+    assert muse_mini.generate(42) == muse_mini.generate(42)
+    assert muse_mini.generate(42) != muse_mini.generate(7)
+    muse_mini.write(tmp_path, seed=42)
+    shipped = sorted(p.relative_to(SHIPPED) for p in SHIPPED.rglob("*.json"))
+    assert shipped == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
+    for rel in shipped:
+        assert (tmp_path / rel).read_bytes() == (SHIPPED / rel).read_bytes(), f"{rel} differs from the generator"
+
+
+def test_every_split_loads_in_muse_schema() -> None:
+    data = load_muse(str(SHIPPED))
+    assert len(data.verbmem) == muse_mini.N_FORGET
+    assert len(data.knowmem_forget) == len(data.knowmem_retain) == muse_mini.N_FORGET * muse_mini.QUESTIONS_PER_ARTICLE
+    assert len(data.knowmem_forget_icl) == len(data.knowmem_retain_icl) == muse_mini.N_ICL
+    assert len(data.privleak_forget) == len(data.privleak_retain) == len(data.privleak_holdout) == muse_mini.N_FORGET
+
+
+def _texts(split: str) -> str:
+    return " ".join(r["text"] for r in json.loads((SHIPPED / "raw" / f"{split}.json").read_text())).lower()
+
+
+def _states(text: str, answer: str) -> bool:
+    return re.search(rf"\b{re.escape(answer.lower())}\b", text) is not None
+
+
+def test_answers_are_stated_in_their_corpus_only() -> None:
+    forget, retain, holdout = _texts("forget"), _texts("retain1"), _texts("holdout")
+    knowmem = {p.stem: json.loads(p.read_text()) for p in (SHIPPED / "knowmem").glob("*.json")}
+    for qa in knowmem["forget_qa"] + knowmem["forget_qa_icl"]:
+        answer = qa["answer"]
+        assert _states(forget, answer) and not _states(retain, answer) and not _states(holdout, answer), qa
+    for qa in knowmem["retain_qa"] + knowmem["retain_qa_icl"]:
+        assert _states(retain, qa["answer"]) and not _states(forget, qa["answer"]), qa
+    asked = {(q["question"], q["answer"]) for q in knowmem["forget_qa"]}
+    assert not asked & {(q["question"], q["answer"]) for q in knowmem["forget_qa_icl"]}
+
+
+def test_verbmem_is_the_forget_articles_split_in_two() -> None:
+    articles = [r["text"] for r in json.loads((SHIPPED / "raw" / "forget.json").read_text())]
+    verbmem = json.loads((SHIPPED / "verbmem" / "forget.json").read_text())
+    assert [v["prompt"] + v["gt"] for v in verbmem] == articles
