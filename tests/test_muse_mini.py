@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from conftest import DATA_DIR
-
 from unilogit.benchmarks import muse_mini
 from unilogit.evaluation.muse import load_muse
 
