@@ -3,7 +3,8 @@
 Deterministic (``random.Random(seed)`` only): the same seed writes the same bytes. Every name is
 built from syllables and checked unique, so no pre-trained model knows the facts and no answer of
 one corpus appears in another. Each article states its organisation's five facts (founder, town,
-year, product, staff) twice in different words, so a 135M model learns them in a few epochs.
+year, product, staff) twice: in prose, and in a closing reader Q&A box whose questions are worded
+unlike the KnowMem questions.
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
 """
@@ -37,12 +38,15 @@ _LEAD = {
     "product": ["{org} is best known for its {product}.", "Its {product} are sold across the region."],
     "staff": ["Today it employs {staff} people.", "The firm now has {staff} employees."],
 }
-_RECAP = {
-    "founder": ["Asked about the early days, founder {founder} laughed.", '"We had nothing," said {founder}.'],
-    "town": ["Residents of {town} are proud of the firm.", "Visitors to {town} often tour the workshops."],
-    "year": ["Since {year}, the firm has never closed for a season.", "Records from {year} show modest beginnings."],
-    "product": ["Demand for the {product} keeps growing.", "Orders for its {product} doubled this spring."],
-    "staff": ["All {staff} employees received a bonus this year.", "The {staff} workers voted to expand."],
+# The reader Q&A box closing each article: every fact again, asked in other words than the KnowMem
+# questions, so the model learns to answer questions about the facts (a 135M model does not learn that
+# from prose alone in a few epochs) without seeing the evaluated questions.
+_BOX = {
+    "founder": "Question: Whose idea was {org}?\nAnswer: {founder}",
+    "town": "Question: Where are the offices of {org}?\nAnswer: {town}",
+    "year": "Question: When did {org} start?\nAnswer: {year}",
+    "product": "Question: What does {org} sell?\nAnswer: {product}",
+    "staff": "Question: How large is the staff of {org}?\nAnswer: {staff}",
 }
 _HEADLINES = [
     "{org} marks a record year",
@@ -91,8 +95,8 @@ def _article(rng: random.Random, e: dict[str, str]) -> str:
     order = list(FACTS)
     rng.shuffle(order)
     lead = " ".join(rng.choice(_LEAD[f]).format(**e) for f in FACTS)
-    recap = " ".join(rng.choice(_RECAP[f]).format(**e) for f in order)
-    return f"{rng.choice(_HEADLINES).format(**e)}. {lead} {recap}"
+    box = "\n\n".join(_BOX[f].format(**e) for f in order)
+    return f"{rng.choice(_HEADLINES).format(**e)}. {lead}\n\nReader questions\n\n{box}"
 
 
 def _qa(e: dict[str, str], fact: str) -> dict[str, str]:

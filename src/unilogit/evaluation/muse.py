@@ -329,6 +329,9 @@ def knowmem_prompt(icl: Sequence[Mapping[str, str]], question: str) -> str:
     return f"{shots}Question: {question}\nAnswer: "
 
 
+KNOWMEM_STOPS = ("\n\n", "Question")
+
+
 def cut_answer(text: str) -> str:
     """``text`` up to (not including) its first ``"\\n\\n"`` or ``"Question"``, whichever comes first.
 
@@ -336,7 +339,7 @@ def cut_answer(text: str) -> str:
     ``"Question"`` is a superset that only differs on a bare "Question" word in an answer.
     """
     cut = len(text)
-    for marker in ("\n\n", "Question"):
+    for marker in KNOWMEM_STOPS:
         index = text.find(marker)
         if index != -1:
             cut = min(cut, index)
@@ -369,6 +372,7 @@ def generate_greedy(
     max_new_tokens: int,
     batch_size: int = 8,
     desc: str = "generate",
+    stop_strings: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (only the new tokens, decoded with special tokens skipped).
 
@@ -397,6 +401,9 @@ def generate_greedy(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                # A batch ends once every row has produced a stop string: greedy rows are independent, so
+                # the text before the stop is the same as without it.
+                **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
             )
             outputs.extend(_decode(tokenizer, generated[:, input_ids.shape[1] :]))
     finally:
@@ -501,7 +508,9 @@ def _knowmem(model, tokenizer, qa: list[dict], icl: list[dict], batch_size: int,
     if not qa:
         return None
     prompts = [knowmem_prompt(icl, record["question"]) for record in qa]
-    answers = generate_greedy(model, tokenizer, prompts, KNOWMEM_TOKENS, batch_size=batch_size, desc=desc)
+    answers = generate_greedy(
+        model, tokenizer, prompts, KNOWMEM_TOKENS, batch_size=batch_size, desc=desc, stop_strings=KNOWMEM_STOPS
+    )
     return _mean([rouge_l_f1(cut_answer(a), r["answer"]) * 100 for a, r in zip(answers, qa, strict=True)])
 
 
