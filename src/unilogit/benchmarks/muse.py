@@ -92,6 +92,7 @@ def table(argv: list[str]) -> dict[str, Any]:
     parser = _Parser(prog="unilogit muse table", description=table.__doc__)
     parser.add_argument("results", nargs="+", help=f"{RESULTS_JSON} files written by `unilogit eval muse`")
     parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
+    parser.add_argument("--note", default="", help="text written above the table in the .md twin")
     args = parser.parse_args(argv)
     merged: dict[str, Any] = {}
     for path in args.results:
@@ -102,7 +103,7 @@ def table(argv: list[str]) -> dict[str, Any]:
         save = Path(args.save)
         if save.exists():
             raise ConfigError(f"{save} exists; remove it or choose another --save path")
-        write_results(merged, save, save.with_suffix(".md"))
+        write_results(merged, save, save.with_suffix(".md"), note=args.note)
     print(format_muse_table(merged))
     return merged
 

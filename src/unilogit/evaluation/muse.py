@@ -618,7 +618,10 @@ def format_muse_table(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict[str, dict], json_path: str | Path, md_path: str | Path) -> None:
-    """Write ``results`` (model name -> :func:`evaluate_muse` dict) as JSON and as the Markdown table, atomically."""
+def write_results(results: dict[str, dict], json_path: str | Path, md_path: str | Path, note: str = "") -> None:
+    """Write ``results`` (model name -> :func:`evaluate_muse` dict) as JSON and as the Markdown table, atomically.
+
+    ``note`` (e.g. the command that produced the results) goes above the Markdown table.
+    """
     atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
-    atomic_write_text(md_path, format_muse_table(results))
+    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + format_muse_table(results))
