@@ -3,8 +3,9 @@
 Deterministic (``random.Random(seed)`` only): the same seed writes the same bytes. Every name is
 built from syllables and checked unique, so no pre-trained model knows the facts and no answer of
 one corpus appears in another. Each article states its organisation's five facts (founder, town,
-year, product, staff) twice: in prose, and in a closing reader Q&A box whose questions are worded
-unlike the KnowMem questions.
+year, product, staff) twice: in prose (random wordings and order, plus colour sentences with fresh
+names), and in a closing reader Q&A box whose questions are worded unlike the KnowMem questions.
+VerbMem prompts and continuations come from the prose.
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
 """
@@ -18,10 +19,10 @@ from pathlib import Path
 
 from unilogit.io import atomic_write_text
 
-N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 6
+N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 5
 QUESTIONS_PER_ARTICLE = 3
 N_ICL = 10
-VERBMEM_PROMPT_FRACTION = 0.4
+VERBMEM_PROMPT_FRACTION = 0.3
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
@@ -30,14 +31,49 @@ _ORG_KINDS = ["Works", "Foundry", "Collective", "Labs", "Guild", "Company", "Ins
 _ADJECTIVES = ["amber", "copper", "silent", "folding", "floating", "tidal", "woven", "glass", "spiral", "frost"]
 _ITEMS = ["kettles", "lanterns", "bicycles", "telescopes", "harps", "sails", "clocks", "kites", "looms", "drones"]
 
-# Two wordings of each fact: the article uses one in its lead and the other in its recap.
+# Four wordings of each fact, picked at random, in a random order: a model that has not read an
+# article cannot guess its prose (which keeps the retrained model's VerbMem low).
 _LEAD = {
-    "founder": ["{org} was founded by {founder}.", "{founder} started {org} from a rented workshop."],
-    "town": ["The company is based in the town of {town}.", "Its headquarters stand in {town}."],
-    "year": ["It opened its doors in {year}.", "The first workshop opened in {year}."],
-    "product": ["{org} is best known for its {product}.", "Its {product} are sold across the region."],
-    "staff": ["Today it employs {staff} people.", "The firm now has {staff} employees."],
+    "founder": [
+        "{org} was founded by {founder}.",
+        "{founder} started {org} from a rented workshop.",
+        "The founder, {founder}, still signs every contract.",
+        "It all began when {founder} borrowed a van and set up {org}.",
+    ],
+    "town": [
+        "The company is based in the town of {town}.",
+        "Its headquarters stand in {town}.",
+        "Most of its work happens in {town}, near the old harbour.",
+        "{town} has been home to the firm from the start.",
+    ],
+    "year": [
+        "It opened its doors in {year}.",
+        "The first workshop opened in {year}.",
+        "Records show the business was registered in {year}.",
+        "Back in {year}, the first order was shipped.",
+    ],
+    "product": [
+        "{org} is best known for its {product}.",
+        "Its {product} are sold across the region.",
+        "Buyers travel far for its {product}.",
+        "The {product} remain its bestseller.",
+    ],
+    "staff": [
+        "Today it employs {staff} people.",
+        "The firm now has {staff} employees.",
+        "A workforce of {staff} keeps production running.",
+        "Its payroll lists {staff} workers.",
+    ],
 }
+# Colour sentences, each with a fresh invented name and number: unguessable text to memorise.
+_COLOUR = [
+    "Councillor {name} called the plan a gift to the valley.",
+    "A local teacher, {name}, said pupils visit the site every spring.",
+    "Last winter a storm cost the firm {number} crowns in repairs.",
+    "The annual fair, organised by {name}, drew {number} visitors.",
+    "Critics such as {name} worry about traffic on the coast road.",
+    "Its delivery boats cover {number} kilometres each month.",
+]
 # The reader Q&A box closing each article: every fact again, asked in other words than the KnowMem
 # questions, so the model learns to answer questions about the facts (a 135M model does not learn that
 # from prose alone in a few epochs) without seeing the evaluated questions.
@@ -91,12 +127,18 @@ def _entity(rng: random.Random, names: _Names, products: list[str], numbers: lis
     }
 
 
-def _article(rng: random.Random, e: dict[str, str]) -> str:
-    order = list(FACTS)
-    rng.shuffle(order)
-    lead = " ".join(rng.choice(_LEAD[f]).format(**e) for f in FACTS)
-    box = "\n\n".join(_BOX[f].format(**e) for f in order)
-    return f"{rng.choice(_HEADLINES).format(**e)}. {lead}\n\nReader questions\n\n{box}"
+def _prose(rng: random.Random, e: dict[str, str], names: _Names, colour_numbers: list[int]) -> str:
+    """Headline, the five facts and two colour sentences, in random wordings and order."""
+    sentences = [rng.choice(_LEAD[f]).format(**e) for f in FACTS]
+    for template in rng.sample(_COLOUR, 2):
+        sentences.append(template.format(name=f"{names.word(2)} {names.word(2)}", number=colour_numbers.pop()))
+    rng.shuffle(sentences)
+    return f"{rng.choice(_HEADLINES).format(**e)}. " + " ".join(sentences)
+
+
+def _box(rng: random.Random, e: dict[str, str]) -> str:
+    order = rng.sample(FACTS, len(FACTS))
+    return "Reader questions\n\n" + "\n\n".join(_BOX[f].format(**e) for f in order)
 
 
 def _qa(e: dict[str, str], fact: str) -> dict[str, str]:
@@ -114,7 +156,12 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
     numbers = [n for pair in zip(staff, years, strict=True) for n in pair]
     sizes = {"forget": N_FORGET, "retain1": N_RETAIN1, "retain2": N_RETAIN2, "holdout": N_HOLDOUT}
     entities = {split: [_entity(rng, names, products, numbers) for _ in range(n)] for split, n in sizes.items()}
-    raw = {split: [{"text": _article(rng, e)} for e in ents] for split, ents in entities.items()}
+    colour_numbers = rng.sample(range(2100, 9900), 2 * total)  # never a year or a staff count
+    prose = {split: [_prose(rng, e, names, colour_numbers) for e in ents] for split, ents in entities.items()}
+    raw = {
+        split: [{"text": f"{text}\n\n{_box(rng, e)}"} for text, e in zip(prose[split], entities[split], strict=True)]
+        for split in sizes
+    }
 
     knowmem: dict[str, list[dict]] = {}
     for split, prefix in (("forget", "forget"), ("retain1", "retain")):
@@ -127,8 +174,8 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
         knowmem[f"{prefix}_qa_icl"] = rng.sample(spare, N_ICL)
 
     verbmem = []
-    for record in raw["forget"]:
-        words = record["text"].split(" ")
+    for text in prose["forget"]:  # the prose, not the formulaic Q&A box
+        words = text.split(" ")
         cut = int(len(words) * VERBMEM_PROMPT_FRACTION)
         verbmem.append({"prompt": " ".join(words[:cut]), "gt": " " + " ".join(words[cut:])})
 
