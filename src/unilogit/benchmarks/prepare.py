@@ -70,7 +70,8 @@ def prepare_model(name: str, config_path: str | Path, overrides: list[str] | Non
     print(f"[unilogit] {name}: training with {config_path} into {target}", file=sys.stderr)
     cmd = [sys.executable, "-m", "unilogit.cli", "train", *argv, f"output_dir={tmp}", "overwrite_output_dir=true"]
     try:
-        if subprocess.run(cmd).returncode != 0:
+        # Training output goes to stderr: stdout carries only the prepared paths, for scripts to read.
+        if subprocess.run(cmd, stdout=sys.stderr).returncode != 0:
             raise ConfigError(f"{name}: training with {config_path} failed (see the log above)")
         (tmp / DONE_MARKER).write_text(json.dumps({"config": str(config_path), "overrides": overrides or []}))
         if target.exists():  # left by a run that died between its marker and the rename
