@@ -96,3 +96,14 @@ def test_raw_text_forget_set_trains(tiny_model_dir: str, tmp_path: Path) -> None
     run_unlearn_from_config(base_config(tiny_model_dir, tmp_path, unlearn_method="ga", dataset="example_forget_text"))
     log = _training_rows(tmp_path)
     assert len(log) == 3 and all(row["forget_loss"] < 0 for row in log)
+
+
+def test_terms_reach_tensorboard(tiny_model_dir: str, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_unlearn_from_config(base_config(tiny_model_dir, tmp_path, unlearn_method="npo", report_to="tensorboard"))
+    (event_file,) = tmp_path.glob("runs/*/events.out.tfevents.*")
+    events = EventAccumulator(str(event_file)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/forget_loss", "train/retain_loss", "train/npo_log_ratio"} <= tags, tags
+    assert len(events.Scalars("train/forget_loss")) == 3
