@@ -74,7 +74,7 @@ def prepare_model(name: str, config_path: str | Path, overrides: list[str] | Non
         if subprocess.run(cmd, stdout=sys.stderr).returncode != 0:
             raise ConfigError(f"{name}: training with {config_path} failed (see the log above)")
         (tmp / DONE_MARKER).write_text(json.dumps({"config": str(config_path), "overrides": overrides or []}))
-        if target.exists():  # left by a run that died between its marker and the rename
+        if target.exists():  # a folder without the marker was not finished by this function: replace it
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:

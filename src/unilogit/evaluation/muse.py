@@ -188,6 +188,11 @@ def load_muse(source: str | Path, limit: int | None = None) -> MuseData:
     return MuseData(**lists, source=str(source))
 
 
+def _refuse_nonempty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"export folder {out} exists and is not empty: choose a new folder or empty it first")
+
+
 def write_muse_layout(tables: Mapping[tuple[str, str], list[dict]], out_dir: str | Path) -> Path:
     """Write ``{(config, split): records}`` as ``<out_dir>/<config>/<split>.json`` all at once.
 
@@ -195,8 +200,7 @@ def write_muse_layout(tables: Mapping[tuple[str, str], list[dict]], out_dir: str
     ``out_dir`` either holds the complete layout or is left as it was. Refuses a non-empty ``out_dir``.
     """
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"export folder {out} exists and is not empty: choose a new folder or empty it first")
+    _refuse_nonempty(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -226,8 +230,7 @@ def export_muse(hub_id_or_alias: str, out_dir: str | Path) -> Path:
             f"or the aliases {', '.join(HUB_IDS)}"
         )
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"export folder {out} exists and is not empty: choose a new folder or empty it first")
+    _refuse_nonempty(out)
     tables = {
         (config, split): load_muse_split(hub_id, config, split)
         for config, splits in MUSE_SPLITS.items()

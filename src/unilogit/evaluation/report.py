@@ -21,12 +21,13 @@ CONFIG_NAME = "unlearn_config.yaml"
 REPORT_NAME = "report.json"
 
 
-def _tokenized_sets(config: dict[str, Any], output_dir: str) -> tuple[Any, dict[str, Any]]:
-    """The tokenizer module and {"forget": dataset, "retain": dataset} tokenized as in training."""
+def _tokenized_sets(config: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """{"forget": dataset, "retain": dataset} tokenized as in training."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
 
+    from unilogit.stage.args import split_unlearning_args
     from unilogit.stage.data import load_split
 
     keys = ("model_name_or_path", "template", "dataset_dir", "cutoff_len", "trust_remote_code")
@@ -37,10 +38,10 @@ def _tokenized_sets(config: dict[str, Any], output_dir: str) -> tuple[Any, dict[
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
     split_args = (template, model_args, data_args, training_args, tokenizer_module)
     sets = {"forget": load_split(data_args.dataset, "dataset", *split_args)["train_dataset"]}
-    if config.get("retain_dataset"):
-        names = [n.strip() for n in str(config["retain_dataset"]).split(",")]
-        sets["retain"] = load_split(names, "retain_dataset", *split_args)["train_dataset"]
-    return tokenizer_module, sets
+    retain_names = split_unlearning_args(dict(config))[0].retain_datasets
+    if retain_names:
+        sets["retain"] = load_split(retain_names, "retain_dataset", *split_args)["train_dataset"]
+    return sets
 
 
 def _last_terms(run_dir: Path) -> dict[str, float]:
@@ -54,10 +55,8 @@ def _last_terms(run_dir: Path) -> dict[str, float]:
 
 def evaluate_run(run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``run_dir`` against its initial model; print the table and write ``report.json``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from unilogit.evaluation.likelihood import dataset_nll
+    from unilogit.models import load_for_eval
 
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
@@ -68,18 +67,13 @@ def evaluate_run(run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]
     config = yaml.safe_load(config_path.read_text())
 
     with tempfile.TemporaryDirectory() as scratch:
-        _, sets = _tokenized_sets(config, scratch)
-    base = AutoModelForCausalLM.from_pretrained(config["model_name_or_path"], dtype=torch.float32)
+        sets = _tokenized_sets(config, scratch)
+    base = load_for_eval(config["model_name_or_path"])[0]
     rows: dict[str, dict[str, float]] = {}
     for name, dataset in sets.items():
         rows[name] = {"initial": dataset_nll(base, dataset, desc=f"{name} NLL, initial model")}
-    if (run_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        unlearned = PeftModel.from_pretrained(base, run_dir)
-    else:
-        del base
-        unlearned = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    del base
+    unlearned = load_for_eval(str(run_dir))[0]  # full output, or LoRA adapter merged onto its base
     for name, dataset in sets.items():
         rows[name]["unlearned"] = dataset_nll(unlearned, dataset, desc=f"{name} NLL, unlearned model")
 
