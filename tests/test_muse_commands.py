@@ -42,6 +42,14 @@ def test_eval_muse_bad_data_folder_is_one_line(tiny_model_dir: str, tmp_path: Pa
     assert len(err) == 1 and err[0].startswith("unilogit: error:")
 
 
+@pytest.mark.parametrize("option", [["--batch-size", "0"], ["--max-examples", "-1"], ["--dtype", "fp8"]])
+def test_eval_muse_bad_option_is_one_line(option: list[str], tmp_path: Path, capsys) -> None:
+    argv = ["eval", "muse", "--model", str(tmp_path), "--data", str(FIXTURES), "--output", str(tmp_path), *option]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unilogit: error: unilogit eval muse:") and option[0] in err[0]
+
+
 def _dataset_dir(tmp_path: Path, text: str) -> Path:
     (tmp_path / "corpus.json").write_text(json.dumps([{"text": text}]))
     info = {"corpus": {"file_name": "corpus.json", "columns": {"prompt": "text"}}}

@@ -22,6 +22,14 @@ PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/m
 RESULTS_JSON, RESULTS_MD = "muse_results.json", "muse_results.md"
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that fails with our one-line ConfigError instead of printing usage and exiting."""
 
@@ -53,10 +61,10 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
     parser.add_argument("--retrain", help="the retrained model: PrivLeak's reference AUC and the KL to retrain")
     parser.add_argument("--data", default=DEFAULT_DATA, help="local MUSE folder, or news | books (the hub)")
-    parser.add_argument("--max-examples", type=int, help="cap every split at this many examples (quick runs)")
+    parser.add_argument("--max-examples", type=_positive_int, help="cap every split at this many examples (quick runs)")
     parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
     parser.add_argument("--name", help="the row name in the table (default: the model folder's name)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     args = parser.parse_args(argv)
