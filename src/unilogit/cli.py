@@ -24,6 +24,7 @@ commands:
   eval muse --model M [--retrain R]   MUSE metrics (VerbMem, KnowMem, PrivLeak, KL to retrain); --help for more
   muse prepare [key=value ...]        train (or reuse from the cache) the MUSE target and retrain models
   muse table RESULTS.json ...         merge `eval muse` results into one table
+  webui                               LLaMA Board with the Unlearning stage (GRADIO_SERVER_PORT sets the port)
   version                             print the unilogit and llamafactory versions
   help                                show this message
   chat | export | api | webchat | env | eval CONFIG.yaml
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
             _install_stub()
             muse_main(argv)
+        elif command == "webui":
+            from unilogit.webui import run_web_ui
+
+            run_web_ui()
         elif command in DELEGATED:
             _delegate(command, argv)
         else:

@@ -1,0 +1,134 @@
+"""Labels and tooltips of the Unlearning panel, in LLaMA Board's ``LOCALES`` format.
+
+LLaMA Board looks every component up by its short name in one ``LOCALES`` dict when the language
+changes, and every entry must cover every language of its language picker. We write English and
+Chinese; :func:`complete` fills the other languages with the English text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
+    "unlearn_tab": {
+        "en": {"label": "Unlearning"},
+        "zh": {"label": "遗忘学习（Unlearning）参数设置"},
+    },
+    "unlearn_method": {
+        "en": {
+            "label": "Unlearning method",
+            "info": "The forget objective: ga (gradient ascent), npo, simnpo, undial or unilogit.",
+        },
+        "zh": {
+            "label": "遗忘方法",
+            "info": "遗忘目标函数：ga（梯度上升）、npo、simnpo、undial 或 unilogit。",
+        },
+    },
+    "retain_dataset": {
+        "en": {
+            "label": "Retain dataset",
+            "info": "Data whose knowledge must be kept; each forget example is paired with a retain example.",
+        },
+        "zh": {
+            "label": "保留数据集",
+            "info": "需要保留其知识的数据；每个遗忘样本与一个保留样本配对。",
+        },
+    },
+    "retain_loss": {
+        "en": {
+            "label": "Retain loss",
+            "info": "Regularizer on the retain set: nll (its likelihood), kl (stay close to the initial model) "
+            "or none.",
+        },
+        "zh": {
+            "label": "保留损失",
+            "info": "保留集上的正则项：nll（负对数似然）、kl（与初始模型保持接近）或 none（不使用）。",
+        },
+    },
+    "retain_weight": {
+        "en": {"label": "Retain weight λ", "info": "Weight of the retain term: loss = forget + λ · retain (λ ≥ 0)."},
+        "zh": {"label": "保留权重 λ", "info": "保留项的权重：损失 = 遗忘项 + λ · 保留项（λ ≥ 0）。"},
+    },
+    "npo_beta": {
+        "en": {
+            "label": "NPO β",
+            "info": "NPO's inverse temperature (> 0): larger β keeps the model nearer the reference.",
+        },
+        "zh": {"label": "NPO β", "info": "NPO 的逆温度（> 0）：β 越大，模型越接近参考模型。"},
+    },
+    "simnpo_beta": {
+        "en": {"label": "SimNPO β", "info": "SimNPO's inverse temperature on the length-normalised NLL (> 0)."},
+        "zh": {"label": "SimNPO β", "info": "SimNPO 在按长度归一化的负对数似然上的逆温度（> 0）。"},
+    },
+    "simnpo_delta": {
+        "en": {"label": "SimNPO δ", "info": "SimNPO's reward margin (≥ 0)."},
+        "zh": {"label": "SimNPO δ", "info": "SimNPO 的奖励间隔（≥ 0）。"},
+    },
+    "undial_gamma": {
+        "en": {"label": "UnDIAL γ", "info": "How far UnDIAL lowers the label's logit in its teacher (≥ 0)."},
+        "zh": {"label": "UnDIAL γ", "info": "UnDIAL 在教师分布中将标签 logit 降低的幅度（≥ 0）。"},
+    },
+    "unilogit_target": {
+        "en": {
+            "label": "Unilogit target source",
+            "info": "Where the target distribution comes from: current (the model itself, as in the paper) or "
+            "initial (the starting model, an ablation).",
+        },
+        "zh": {
+            "label": "Unilogit 目标来源",
+            "info": "目标分布的来源：current（当前模型本身，论文设置）或 initial（初始模型，消融实验）。",
+        },
+    },
+    "unilogit_divergence": {
+        "en": {
+            "label": "Unilogit divergence",
+            "info": "reverse: KL(p_θ ‖ target), as in the paper; forward: KL(target ‖ p_θ), an ablation.",
+        },
+        "zh": {
+            "label": "Unilogit 散度",
+            "info": "reverse：KL(p_θ ‖ 目标)，论文设置；forward：KL(目标 ‖ p_θ)，消融实验。",
+        },
+    },
+    "unlearn_bench": {
+        "en": {"label": "Benchmark", "info": "The evaluator to run on this run's output folder."},
+        "zh": {"label": "评测基准", "info": "在本次训练的输出目录上运行的评测。"},
+    },
+    "unlearn_eval_data": {
+        "en": {
+            "label": "Benchmark data",
+            "info": "The benchmark's data folder (the embedded mini benchmark by default).",
+        },
+        "zh": {"label": "评测数据", "info": "评测数据目录（默认为内置的迷你基准）。"},
+    },
+    "unlearn_eval_retrain": {
+        "en": {
+            "label": "Retrained model (optional)",
+            "info": "A model trained without the forget set: PrivLeak's reference and the KL to retrain.",
+        },
+        "zh": {
+            "label": "重训练模型（可选）",
+            "info": "未见过遗忘集训练的模型：作为 PrivLeak 的参考并计算与其的 KL。",
+        },
+    },
+    "unlearn_eval_max": {
+        "en": {"label": "Max examples", "info": "Cap every split at this many examples for a quick check; empty: all."},
+        "zh": {"label": "最大样本数", "info": "每个划分最多评测的样本数，用于快速检查；留空表示全部。"},
+    },
+    "unlearn_eval_overwrite": {
+        "en": {"label": "Overwrite results", "info": "Replace earlier results of this run."},
+        "zh": {"label": "覆盖结果", "info": "替换本次训练已有的评测结果。"},
+    },
+    "unlearn_eval_btn": {
+        "en": {"value": "Evaluate"},
+        "zh": {"value": "开始评测"},
+    },
+    "unlearn_eval_box": {
+        "en": {"value": "Evaluate the finished run's output folder on the chosen benchmark."},
+        "zh": {"value": "在所选基准上评测已完成训练的输出目录。"},
+    },
+}
+
+
+def complete(entries: dict[str, dict[str, dict[str, Any]]], languages: list[str]) -> dict[str, dict[str, Any]]:
+    """Give every entry every language in ``languages``, falling back to its English text."""
+    return {name: {lang: texts.get(lang, texts["en"]) for lang in languages} for name, texts in entries.items()}

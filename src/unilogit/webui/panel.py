@@ -1,0 +1,167 @@
+"""The Unlearning panel of LLaMA Board's Train tab: its components, events and the keys it adds.
+
+The panel's values become the ``unlearn`` keys of the run through :func:`unlearning_config`, which
+checks them with the CLI's own validation (``UnlearningArguments``), so the page and ``unilogit
+train`` accept and refuse exactly the same configurations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from unilogit.stage.args import DIVERGENCES, RETAIN_LOSSES, UNILOGIT_TARGETS, UnlearningArguments, split_unlearning_args
+from unilogit.stage.methods import METHODS
+from unilogit.webui.evaluate import BENCHMARKS, run_benchmark
+from unilogit.webui.locales import PANEL_LOCALES
+
+if TYPE_CHECKING:
+    from gradio.components import Component
+    from llamafactory.webui.engine import Engine
+
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(UnlearningArguments)}
+# The panel's training fields, named as their config keys; Save, Load and Start read these.
+TRAIN_KEYS = (
+    "unlearn_method",
+    "retain_dataset",
+    "retain_loss",
+    "retain_weight",
+    "npo_beta",
+    "simnpo_beta",
+    "simnpo_delta",
+    "undial_gamma",
+    "unilogit_target",
+    "unilogit_divergence",
+)
+METHOD_KEYS = tuple(key for method in METHODS.values() for key in method.hyperparameters)
+
+
+def unlearning_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``unlearn`` keys for the panel's values: the method's own knobs only, checked like the CLI's.
+
+    Raises ``ConfigError`` with the CLI's one-line message for a bad combination or value.
+    """
+    method = values["unlearn_method"]
+    retain = values["retain_dataset"] or []
+    config: dict[str, Any] = {"unlearn_method": method}
+    if retain:
+        config["retain_dataset"] = retain if isinstance(retain, str) else ",".join(retain)
+    config["retain_loss"] = values["retain_loss"]
+    config["retain_weight"] = values["retain_weight"]
+    hyperparameters = METHODS[method].hyperparameters if method in METHODS else ()
+    config.update({key: values[key] for key in hyperparameters})
+    split_unlearning_args(dict(config))
+    return config
+
+
+def _retain_loss_for(method: str) -> str:
+    return METHODS[method].default_retain_loss if method in METHODS else "none"
+
+
+def _method_fields(method: str) -> list[dict[str, Any]]:
+    """Show only the knobs of the chosen method."""
+    own = METHODS[method].hyperparameters if method in METHODS else ()
+    return [gr.update(visible=key in own) for key in METHOD_KEYS]
+
+
+def _kw(name: str) -> dict[str, Any]:
+    """A component's English texts (Chinese and the rest come with the language switch) and its DOM id."""
+    return {**PANEL_LOCALES[name]["en"], "elem_id": "unilogit-" + name.replace("_", "-")}
+
+
+def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
+    """Build the panel (an accordion) in the current layout; return it and its components by name."""
+    method = DEFAULTS["unlearn_method"]
+    own = METHODS[method].hyperparameters
+    with gr.Accordion(open=True, **_kw("unlearn_tab")) as unlearn_tab:
+        with gr.Row():
+            elems: dict[str, Component] = {
+                "unlearn_method": gr.Dropdown(choices=list(METHODS), value=method, **_kw("unlearn_method")),
+                "retain_dataset": gr.Dropdown(
+                    multiselect=True, allow_custom_value=True, scale=2, **_kw("retain_dataset")
+                ),
+                "retain_loss": gr.Dropdown(
+                    choices=list(RETAIN_LOSSES), value=_retain_loss_for(method), **_kw("retain_loss")
+                ),
+                "retain_weight": gr.Number(value=DEFAULTS["retain_weight"], **_kw("retain_weight")),
+            }
+        with gr.Row():
+            for key in ("npo_beta", "simnpo_beta", "simnpo_delta", "undial_gamma"):
+                elems[key] = gr.Number(value=DEFAULTS[key], visible=key in own, **_kw(key))
+            for key, options in (("unilogit_target", UNILOGIT_TARGETS), ("unilogit_divergence", DIVERGENCES)):
+                elems[key] = gr.Dropdown(choices=list(options), value=DEFAULTS[key], visible=key in own, **_kw(key))
+        with gr.Row():
+            first = next(iter(BENCHMARKS))
+            elems["unlearn_bench"] = gr.Dropdown(choices=list(BENCHMARKS), value=first, **_kw("unlearn_bench"))
+            elems["unlearn_eval_data"] = gr.Textbox(value=BENCHMARKS[first].default_data, **_kw("unlearn_eval_data"))
+            elems["unlearn_eval_retrain"] = gr.Textbox(scale=2, **_kw("unlearn_eval_retrain"))
+            elems["unlearn_eval_max"] = gr.Number(value=None, precision=0, **_kw("unlearn_eval_max"))
+            elems["unlearn_eval_overwrite"] = gr.Checkbox(**_kw("unlearn_eval_overwrite"))
+            elems["unlearn_eval_btn"] = gr.Button(**_kw("unlearn_eval_btn"))
+        elems["unlearn_eval_box"] = gr.Markdown(**_kw("unlearn_eval_box"))
+    return unlearn_tab, elems
+
+
+def bind_unlearn_panel(
+    engine: Engine, unlearn_tab: Any, elems: dict[str, Component], train_elems: dict[str, Component]
+) -> None:
+    """Wire the panel's events; ``train_elems`` are LLaMA Board's own Train-tab components."""
+    from llamafactory.extras.constants import TRAINING_STAGES
+    from llamafactory.webui.common import get_save_dir
+    from llamafactory.webui.control import list_datasets
+
+    stage, method = train_elems["training_stage"], elems["unlearn_method"]
+    stage.change(lambda s: gr.update(visible=TRAINING_STAGES.get(s) == "unlearn"), [stage], [unlearn_tab], queue=False)
+    method.change(_method_fields, [method], [elems[key] for key in METHOD_KEYS], queue=False)
+    # On user input only: a loaded config changes the method too and must keep its own retain loss.
+    method.input(_retain_loss_for, [method], [elems["retain_loss"]], queue=False)
+    elems["retain_dataset"].focus(
+        list_datasets, [train_elems["dataset_dir"], stage], [elems["retain_dataset"]], queue=False
+    )
+    bench = elems["unlearn_bench"]
+    bench.change(lambda b: BENCHMARKS[b].default_data, [bench], [elems["unlearn_eval_data"]], queue=False)
+
+    def evaluate(
+        model_name: str,
+        finetuning_type: str,
+        output_dir: str,
+        bench_name: str,
+        data: str,
+        retrain: str,
+        max_examples: float | None,
+        overwrite: bool,
+    ) -> Iterator[str]:
+        if engine.runner.running:
+            gr.Warning("A run is in progress; evaluate once it has finished.")
+            yield "A run is in progress; evaluate once it has finished."
+            return
+        if not (model_name and output_dir):
+            gr.Warning("Choose a model and the run's output dir first.")
+            yield "Choose a model and the run's output dir first."
+            return
+        benchmark = BENCHMARKS[bench_name]
+        model = str(get_save_dir(model_name, finetuning_type, output_dir))
+        argv = benchmark.argv(model, data, retrain.strip() or None, max_examples, overwrite)
+        for text, ok in run_benchmark(benchmark, argv, model):
+            if ok is False:
+                gr.Warning(text.splitlines()[0])
+            yield text
+
+    manager = engine.manager
+    elems["unlearn_eval_btn"].click(
+        evaluate,
+        [
+            manager.get_elem_by_id("top.model_name"),
+            manager.get_elem_by_id("top.finetuning_type"),
+            train_elems["output_dir"],
+            bench,
+            elems["unlearn_eval_data"],
+            elems["unlearn_eval_retrain"],
+            elems["unlearn_eval_max"],
+            elems["unlearn_eval_overwrite"],
+        ],
+        [elems["unlearn_eval_box"]],
+    )

@@ -1,0 +1,192 @@
+"""LLaMA Board with the Unlearning stage, built in-process without a browser.
+
+Building the real UI here makes an upstream layout change (a renamed component, a moved row, a
+button that no longer reads the base elements) fail loudly. The browser test is test_webui_browser.py.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from unilogit.stage.args import ConfigError
+from unilogit.webui.panel import TRAIN_KEYS, unlearning_config
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The built Blocks, its runner, and each button's event by handler name."""
+    from unilogit.webui import create_ui
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("board"))  # LLaMA Board writes llamaboard_cache/ into the working folder
+    try:
+        demo = create_ui()
+    finally:
+        os.chdir(cwd)
+    events = {fn.name: fn for fn in demo.fns.values() if fn.name}
+    runner = events["run_train"].fn.__self__
+    return {"demo": demo, "events": events, "runner": runner, "manager": runner.manager}
+
+
+def _data(ui: dict[str, Any], **train: Any) -> dict[Any, Any]:
+    """The Start button's inputs at their initial values, with ``train.<key>`` values replaced."""
+    manager = ui["manager"]
+    data = {elem: elem.value for elem in ui["events"]["run_train"].inputs}
+    data[manager.get_elem_by_id("top.lang")] = "en"
+    data[manager.get_elem_by_id("top.finetuning_type")] = "full"
+    data[manager.get_elem_by_id("train.dataset")] = ["example_forget"]
+    data[manager.get_elem_by_id("train.output_dir")] = "run"  # the page fills these in on load
+    data[manager.get_elem_by_id("train.config_path")] = "run.yaml"
+    for key, value in train.items():
+        data[manager.get_elem_by_id(f"train.{key}")] = value
+    return data
+
+
+def _preview(ui: dict[str, Any], **train: Any) -> str:
+    with warnings.catch_warnings():  # gr.Warning outside a page request is a Python warning
+        warnings.simplefilter("ignore")
+        (out,) = list(ui["runner"].preview_train(_data(ui, **train)))
+    return out[ui["manager"].get_elem_by_id("train.output_box")]
+
+
+def test_stage_list_panel_place_and_models(ui: dict[str, Any]) -> None:
+    from llamafactory.extras.constants import SUPPORTED_MODELS
+
+    manager = ui["manager"]
+    stage = manager.get_elem_by_id("train.training_stage")
+    assert stage.choices[0] == ("Unlearning", "Unlearning") and stage.value == "Unlearning"
+    assert ("Supervised Fine-Tuning", "Supervised Fine-Tuning") in stage.choices
+    # The panel sits right under the row of the stage and dataset pickers, in the Train tab.
+    panel = manager.get_elem_by_id("train.unlearn_tab")
+    siblings = panel.parent.children
+    row = stage
+    while row.parent is not panel.parent:
+        row = row.parent
+    assert siblings.index(panel) == siblings.index(row) + 1
+    # The embedded model is the first and default model; its path is the alias our CLI converts.
+    model_name = manager.get_elem_by_id("top.model_name")
+    assert model_name.choices[0][0] == model_name.value == "SmolLM2-135M-Instruct-Embedded"
+    assert next(iter(SUPPORTED_MODELS)) == model_name.value
+    assert manager.get_elem_by_id("top.model_path").value == "smollm2-135m-instruct"
+    # Only the chosen method's own knobs are shown (unilogit by default).
+    shown = {key for key in TRAIN_KEYS if manager.get_elem_by_id(f"train.{key}").visible}
+    assert {"unilogit_target", "unilogit_divergence", "retain_weight"} <= shown
+    assert not shown & {"npo_beta", "simnpo_beta", "simnpo_delta", "undial_gamma"}
+
+
+def test_buttons_read_and_restore_the_panel(ui: dict[str, Any]) -> None:
+    manager, events = ui["manager"], ui["events"]
+    panel = {manager.get_elem_by_id(f"train.{key}") for key in TRAIN_KEYS}
+    for name in ("preview_train", "run_train", "save_args"):
+        assert panel <= set(events[name].inputs), f"{name} does not read the Unlearning panel"
+    assert panel <= set(events["load_args"].outputs) and panel <= set(events["check_output_dir"].outputs)
+
+
+def test_every_language_has_every_label(ui: dict[str, Any]) -> None:
+    from llamafactory.webui.locales import LOCALES
+
+    from unilogit.webui.locales import PANEL_LOCALES
+
+    languages = set(LOCALES["lang"])
+    for name, texts in PANEL_LOCALES.items():
+        assert set(LOCALES[name]) == languages
+        assert texts["zh"] != texts["en"], f"{name} has no Chinese text"
+    # The language switch rebuilds every labelled component; ours come back in Chinese.
+    engine = ui["events"]["change_lang"].fn.__self__
+    updates = engine.change_lang("zh")
+    assert updates[ui["manager"].get_elem_by_id("train.unlearn_method")].label == "遗忘方法"
+    assert updates[ui["manager"].get_elem_by_id("train.unlearn_tab")].label.startswith("遗忘学习")
+
+
+def test_preview_shows_our_cli_and_keys(ui: dict[str, Any]) -> None:
+    text = _preview(
+        ui, unlearn_method="npo", retain_dataset=["example_retain"], retain_loss="nll", retain_weight=0.5, npo_beta=0.2
+    )
+    assert "unilogit train" in text and "llamafactory-cli" not in text
+    for line in ("--stage unlearn", "--unlearn_method npo", "--retain_dataset example_retain", "--retain_loss nll"):
+        assert line in text
+    assert "--retain_weight 0.5" in text and "--npo_beta 0.2" in text
+    # Another method's knobs stay out of the command.
+    assert "simnpo_beta" not in text and "unilogit_target" not in text
+    other_stage = _preview(ui, training_stage="Supervised Fine-Tuning")
+    assert "--stage sft" in other_stage and "unlearn_method" not in other_stage
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"unlearn_method": "unilogit", "retain_loss": "kl"}, "retain_loss: kl needs a retain set"),
+        ({"unlearn_method": "npo", "retain_loss": "none", "npo_beta": -1.0}, "npo_beta: -1.0 is out of range"),
+        ({"unlearn_method": "ga", "retain_loss": "none", "retain_weight": None}, "retain_weight: None is out of"),
+    ],
+)
+def test_bad_input_is_a_message_and_starts_nothing(ui: dict[str, Any], train: dict[str, Any], message: str) -> None:
+    assert message in _preview(ui, **train)
+    runner = ui["runner"]
+    with pytest.warns(UserWarning, match=message.split(":")[0]):
+        outputs = list(runner.run_train(_data(ui, **train)))
+    assert message in outputs[-1][ui["manager"].get_elem_by_id("train.output_box")]
+    assert runner.trainer is None and not runner.running
+
+
+def test_save_and_load_round_trip(ui: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    manager, runner = ui["manager"], ui["runner"]
+    chosen = {
+        "unlearn_method": "simnpo",
+        "retain_dataset": ["example_retain"],
+        "retain_loss": "nll",
+        "retain_weight": 0.25,
+        "simnpo_beta": 3.0,
+        "simnpo_delta": 0.5,
+        "config_path": "round.yaml",
+    }
+    runner.save_args(_data(ui, **chosen))
+    saved = yaml.safe_load((tmp_path / "llamaboard_config" / "round.yaml").read_text())
+    assert saved["train.simnpo_delta"] == 0.5 and saved["train.training_stage"] == "Unlearning"
+    loaded = {manager.get_id_by_elem(elem): value for elem, value in runner.load_args("en", "round.yaml").items()}
+    for key, value in chosen.items():
+        if key != "config_path":
+            assert loaded[f"train.{key}"] == value
+
+
+def test_unlearning_config_uses_the_cli_rules() -> None:
+    values = {
+        "unlearn_method": "undial",
+        "retain_dataset": ["a", "b"],
+        "retain_loss": "nll",
+        "retain_weight": 1.0,
+        "npo_beta": -5.0,  # not undial's knob: neither emitted nor checked
+        "undial_gamma": 3.0,
+    }
+    assert unlearning_config(values) == {
+        "unlearn_method": "undial",
+        "retain_dataset": "a,b",
+        "retain_loss": "nll",
+        "retain_weight": 1.0,
+        "undial_gamma": 3.0,
+    }
+    with pytest.raises(ConfigError, match="unlearn_method: 'nope' is not valid"):
+        unlearning_config({**values, "unlearn_method": "nope"})
+    with pytest.raises(ConfigError, match="undial_gamma: -1.0 is out of range"):
+        unlearning_config({**values, "undial_gamma": -1.0})
+
+
+def test_evaluate_benchmark_command_and_error(tmp_path: Path) -> None:
+    from unilogit.webui.evaluate import BENCHMARKS, run_benchmark
+
+    muse = BENCHMARKS["MUSE"]
+    argv = muse.argv("saves/run", "", "saves/retrain", 2.0, overwrite=True)
+    assert argv == [
+        "eval", "muse", "--model", "saves/run", "--data", "data/muse_mini",
+        "--retrain", "saves/retrain", "--max-examples", "2", "--overwrite",
+    ]  # fmt: skip
+    missing = str(tmp_path / "no-run")
+    *_, (text, ok) = run_benchmark(muse, muse.argv(missing, "", None, 0, overwrite=False), missing)
+    assert ok is False and text.startswith("unilogit: error: unilogit eval muse: argument --max-examples")
