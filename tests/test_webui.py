@@ -182,11 +182,11 @@ def test_evaluate_benchmark_command_and_error(tmp_path: Path) -> None:
     from unilogit.webui.evaluate import BENCHMARKS, run_benchmark
 
     muse = BENCHMARKS["MUSE"]
-    argv = muse.argv("saves/run", "", "saves/retrain", 2.0, overwrite=True)
+    argv = muse.argv("saves/run", "", "saves/retrain", " 2", overwrite=True)
     assert argv == [
         "eval", "muse", "--model", "saves/run", "--data", "data/muse_mini",
         "--retrain", "saves/retrain", "--max-examples", "2", "--overwrite",
     ]  # fmt: skip
     missing = str(tmp_path / "no-run")
-    *_, (text, ok) = run_benchmark(muse, muse.argv(missing, "", None, 0, overwrite=False), missing)
+    *_, (text, ok) = run_benchmark(muse, muse.argv(missing, "", None, "0", overwrite=False), missing)
     assert ok is False and text.startswith("unilogit: error: unilogit eval muse: argument --max-examples")

@@ -113,6 +113,10 @@ def _create_train_tab(engine: Any) -> dict[str, Any]:
     finally:
         del manager.get_base_elems
     _place_after(unlearn_tab, train_elems["training_stage"])
+    # Stable DOM ids (llamaboard-top-model-path, llamaboard-train-output-box, ...) for tests and custom CSS.
+    named = {manager.get_id_by_elem(e): e for e in manager.get_elem_list()}
+    for elem_id, elem in (named | {f"train.{name}": e for name, e in train_elems.items()}).items():
+        elem.elem_id = elem.elem_id or "llamaboard-" + elem_id.replace(".", "-").replace("_", "-")
     _new_user_defaults(manager, train_elems)
     bind_unlearn_panel(engine, unlearn_tab, elems, train_elems)
     return {**train_elems, "unlearn_tab": unlearn_tab, **elems}

@@ -27,15 +27,13 @@ class Benchmark:
     results: str  # the Markdown table the command writes, relative to the model folder
     takes_retrain: bool = True
 
-    def argv(
-        self, model: str, data: str, retrain: str | None, max_examples: float | None, overwrite: bool
-    ) -> list[str]:
-        """The ``unilogit`` arguments that evaluate ``model``."""
+    def argv(self, model: str, data: str, retrain: str | None, max_examples: str, overwrite: bool) -> list[str]:
+        """The ``unilogit`` arguments that evaluate ``model``; the command itself checks the values."""
         argv = ["eval", self.command, "--model", model, "--data", data or self.default_data]
         if retrain and self.takes_retrain:
             argv += ["--retrain", retrain]
-        if max_examples is not None:
-            argv += ["--max-examples", str(int(max_examples))]
+        if max_examples.strip():
+            argv += ["--max-examples", max_examples.strip()]
         if overwrite:
             argv.append("--overwrite")
         return argv

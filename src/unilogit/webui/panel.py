@@ -98,7 +98,7 @@ def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
             elems["unlearn_bench"] = gr.Dropdown(choices=list(BENCHMARKS), value=first, **_kw("unlearn_bench"))
             elems["unlearn_eval_data"] = gr.Textbox(value=BENCHMARKS[first].default_data, **_kw("unlearn_eval_data"))
             elems["unlearn_eval_retrain"] = gr.Textbox(scale=2, **_kw("unlearn_eval_retrain"))
-            elems["unlearn_eval_max"] = gr.Number(value=None, precision=0, **_kw("unlearn_eval_max"))
+            elems["unlearn_eval_max"] = gr.Textbox(**_kw("unlearn_eval_max"))
             elems["unlearn_eval_overwrite"] = gr.Checkbox(**_kw("unlearn_eval_overwrite"))
             elems["unlearn_eval_btn"] = gr.Button(**_kw("unlearn_eval_btn"))
         elems["unlearn_eval_box"] = gr.Markdown(**_kw("unlearn_eval_box"))
@@ -131,7 +131,7 @@ def bind_unlearn_panel(
         bench_name: str,
         data: str,
         retrain: str,
-        max_examples: float | None,
+        max_examples: str,
         overwrite: bool,
     ) -> Iterator[str]:
         if engine.runner.running:
@@ -144,7 +144,7 @@ def bind_unlearn_panel(
             return
         benchmark = BENCHMARKS[bench_name]
         model = str(get_save_dir(model_name, finetuning_type, output_dir))
-        argv = benchmark.argv(model, data, retrain.strip() or None, max_examples, overwrite)
+        argv = benchmark.argv(model, data, (retrain or "").strip() or None, max_examples or "", overwrite)
         for text, ok in run_benchmark(benchmark, argv, model):
             if ok is False:
                 gr.Warning(text.splitlines()[0])
