@@ -2,6 +2,7 @@
 # Create .venv at the repository root when it is missing (or incomplete), and reuse it otherwise.
 # Used by both README commands and by CI. Usage: bash scripts/setup_env.sh [--test]
 #   --test  also install what the test suite needs beyond the runtime (nothing extra today).
+# Debian's chromium (for the web UI's browser test) is installed when /usr/bin/chromium is missing.
 # On a machine with an NVIDIA GPU (nvidia-smi present) the same pins install the CUDA build of
 # torch from PyPI, plus deepspeed; elsewhere torch is the CPU wheel and is never replaced.
 set -euo pipefail
@@ -10,6 +11,21 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.unilogit-installed"
 REQ="$ROOT/requirements.txt"
 PY="${PYTHON:-python3}"
+
+# The web UI's browser test drives Debian's Chromium; Playwright never downloads a browser of its own.
+# A system package, so it is checked on every run, before the venv's stamp.
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "[setup] installing Debian's chromium for the web UI's browser test (one-time, about a minute)" >&2
+  apt_log="$(mktemp)"
+  if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$apt_log" 2>&1; then
+    echo "[setup] chromium ready: /usr/bin/chromium" >&2
+  else
+    tail -n 5 "$apt_log" >&2
+    echo "[setup] warning: could not install chromium (needs root and apt-get); tests/test_webui_browser.py" \
+      "fails until /usr/bin/chromium exists" >&2
+  fi
+  rm -f "$apt_log"
+fi
 
 want="$(sha256sum "$REQ" "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then

@@ -83,6 +83,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path,
 def page(board: tuple[str, Path, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from playwright.sync_api import sync_playwright
 
+    assert Path(CHROMIUM).is_file(), f"Debian's chromium is missing at {CHROMIUM}; run bash scripts/setup_env.sh"
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),
