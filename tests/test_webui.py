@@ -190,3 +190,27 @@ def test_evaluate_benchmark_command_and_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-run")
     *_, (text, ok) = run_benchmark(muse, muse.argv(missing, "", None, "0", overwrite=False), missing)
     assert ok is False and text.startswith("unilogit: error: unilogit eval muse: argument --max-examples")
+
+
+def test_chat_tab_loads_the_embedded_model_alias(
+    ui: dict[str, Any], tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Chat tab loads in-process; the alias resolves through the cache, as in ``unilogit train``."""
+    from unilogit.models import CONVERSION_VERSION
+
+    # A converted model in a fresh cache: the tiny model stands in for the 135M one.
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / f"smollm2-135m-instruct-v{CONVERSION_VERSION}").symlink_to(tiny_model_dir)
+    monkeypatch.setenv("UNILOGIT_CACHE", str(tmp_path))
+    manager = ui["manager"]
+    button = manager.get_elem_by_id("infer.load_btn")
+    (load,) = [fn for fn in ui["demo"].fns.values() if (button._id, "click") in fn.targets]
+    chatter = load.fn.__self__
+    data = {elem: elem.value for elem in load.inputs}
+    data[manager.get_elem_by_id("top.lang")] = "en"
+    assert data[manager.get_elem_by_id("top.model_path")] == "smollm2-135m-instruct"
+    try:
+        assert list(chatter.load_model(data))[-1] == "Model loaded, now you can chat with your model!"
+        assert Path(chatter.engine.model.name_or_path).resolve() == Path(tiny_model_dir).resolve()
+    finally:
+        list(chatter.unload_model(data))

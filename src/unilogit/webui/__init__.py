@@ -9,7 +9,8 @@ llamafactory's files are never edited. :func:`install` changes, in memory:
 - the Train tab: the Unlearning panel is built inside ``create_train_tab``, so its fields reach the
   Preview, Save, Load and Start buttons, and is placed under the stage and dataset row;
 - the runner: the panel's keys join the run's arguments, they are checked like ``unilogit train``
-  checks them, and runs start ``unilogit train`` instead of ``llamafactory-cli train``.
+  checks them, and runs start ``unilogit train`` instead of ``llamafactory-cli train``;
+- the Chat tab, which loads models in-process: it resolves the embedded model's alias first.
 
 ``tests/test_webui.py`` builds the whole UI, so an upstream layout change fails there loudly.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ def install() -> None:
 
     install_torchaudio_stub()
     from llamafactory.extras.constants import DEFAULT_TEMPLATE, SUPPORTED_MODELS, TRAINING_STAGES, DownloadSource
-    from llamafactory.webui import interface, runner
+    from llamafactory.webui import chatter, interface, runner
     from llamafactory.webui.components import eval as eval_tab
     from llamafactory.webui.components import train as train_tab
     from llamafactory.webui.locales import LOCALES
@@ -57,12 +59,14 @@ def install() -> None:
         initialize=runner.Runner._initialize,
         parse_train_args=runner.Runner._parse_train_args,
         gen_cmd=runner.gen_cmd,
+        load_model=chatter.WebChatModel.load_model,
     )
     interface.create_train_tab = _create_train_tab
     runner.Runner._initialize = _initialize
     runner.Runner._parse_train_args = _parse_train_args
     runner.gen_cmd = _gen_cmd
     runner.Popen = _popen
+    chatter.WebChatModel.load_model = _load_chat_model
 
 
 def create_ui() -> Any:
@@ -194,3 +198,11 @@ def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     if cmd[0] == "llamafactory-cli":
         cmd = [sys.executable, "-m", "unilogit.cli", *cmd[1:]]
     return subprocess.Popen(cmd, **kwargs)
+
+
+def _load_chat_model(self: Any, data: dict[Any, Any]) -> Iterator[str]:
+    """The Chat tab's Load button, with the embedded model's alias resolved (converted once) like the CLI does."""
+    from unilogit.models import resolve_model
+
+    path = self.manager.get_elem_by_id("top.model_path")
+    yield from _ORIGINAL["load_model"](self, {**data, path: resolve_model(data[path] or "")})
