@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from unilogit.stage.args import DIVERGENCES, RETAIN_LOSSES, UNILOGIT_TARGETS, UnlearningArguments, split_unlearning_args
+from unilogit.stage.args import (
+    DIVERGENCES,
+    RETAIN_LOSSES,
+    UNILOGIT_TARGETS,
+    UNLEARNING_KEYS,
+    UnlearningArguments,
+    split_unlearning_args,
+)
 from unilogit.stage.methods import METHODS
 from unilogit.webui.evaluate import BENCHMARKS, run_benchmark
 from unilogit.webui.locales import PANEL_LOCALES
@@ -23,19 +30,8 @@ if TYPE_CHECKING:
     from llamafactory.webui.engine import Engine
 
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(UnlearningArguments)}
-# The panel's training fields, named as their config keys; Save, Load and Start read these.
-TRAIN_KEYS = (
-    "unlearn_method",
-    "retain_dataset",
-    "retain_loss",
-    "retain_weight",
-    "npo_beta",
-    "simnpo_beta",
-    "simnpo_delta",
-    "undial_gamma",
-    "unilogit_target",
-    "unilogit_divergence",
-)
+# The panel has a field for every unlearning key, named as the key; Save, Load and Start read these.
+TRAIN_KEYS = UNLEARNING_KEYS
 METHOD_KEYS = tuple(key for method in METHODS.values() for key in method.hyperparameters)
 
 
@@ -51,10 +47,14 @@ def unlearning_config(values: Mapping[str, Any]) -> dict[str, Any]:
         config["retain_dataset"] = retain if isinstance(retain, str) else ",".join(retain)
     config["retain_loss"] = values["retain_loss"]
     config["retain_weight"] = values["retain_weight"]
-    hyperparameters = METHODS[method].hyperparameters if method in METHODS else ()
-    config.update({key: values[key] for key in hyperparameters})
+    config.update({key: values[key] for key in _own_knobs(method)})
     split_unlearning_args(dict(config))
     return config
+
+
+def _own_knobs(method: str) -> tuple[str, ...]:
+    # An unknown method (say, from an edited saved config) has none; validation then names the method.
+    return METHODS[method].hyperparameters if method in METHODS else ()
 
 
 def _retain_loss_for(method: str) -> str:
@@ -63,8 +63,7 @@ def _retain_loss_for(method: str) -> str:
 
 def _method_fields(method: str) -> list[dict[str, Any]]:
     """Show only the knobs of the chosen method."""
-    own = METHODS[method].hyperparameters if method in METHODS else ()
-    return [gr.update(visible=key in own) for key in METHOD_KEYS]
+    return [gr.update(visible=key in _own_knobs(method)) for key in METHOD_KEYS]
 
 
 def _kw(name: str) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def _kw(name: str) -> dict[str, Any]:
 def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
     """Build the panel (an accordion) in the current layout; return it and its components by name."""
     method = DEFAULTS["unlearn_method"]
-    own = METHODS[method].hyperparameters
+    own = _own_knobs(method)
     with gr.Accordion(open=True, **_kw("unlearn_tab")) as unlearn_tab:
         with gr.Row():
             elems: dict[str, Component] = {
