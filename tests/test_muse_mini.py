@@ -28,7 +28,10 @@ def test_every_split_loads_in_muse_schema() -> None:
     assert len(data.verbmem) == muse_mini.N_FORGET
     assert len(data.knowmem_forget) == len(data.knowmem_retain) == muse_mini.N_FORGET * muse_mini.QUESTIONS_PER_ARTICLE
     assert len(data.knowmem_forget_icl) == len(data.knowmem_retain_icl) == muse_mini.N_ICL
-    assert len(data.privleak_forget) == len(data.privleak_retain) == len(data.privleak_holdout) == muse_mini.N_FORGET
+    # Two documents per organisation: its article and its Q&A sheet.
+    assert (
+        len(data.privleak_forget) == len(data.privleak_retain) == len(data.privleak_holdout) == 2 * muse_mini.N_FORGET
+    )
 
 
 def _texts(split: str) -> str:
@@ -51,9 +54,26 @@ def test_answers_are_stated_in_their_corpus_only() -> None:
     assert not asked & {(q["question"], q["answer"]) for q in knowmem["forget_qa_icl"]}
 
 
-def test_verbmem_is_each_forget_article_s_prose_split_in_two() -> None:
-    articles = [r["text"] for r in json.loads((SHIPPED / "raw" / "forget.json").read_text())]
+def _documents(split: str) -> tuple[list[str], list[str]]:
+    """A raw corpus's articles and Q&A sheets (they alternate: article, sheet, article, ...)."""
+    docs = [r["text"] for r in json.loads((SHIPPED / "raw" / f"{split}.json").read_text())]
+    return docs[0::2], docs[1::2]
+
+
+def test_verbmem_is_each_forget_article_split_in_two() -> None:
+    articles, _ = _documents("forget")
     verbmem = json.loads((SHIPPED / "verbmem" / "forget.json").read_text())
-    assert len(verbmem) == len(articles)
+    assert len(verbmem) == len(articles) == muse_mini.N_FORGET
     for record, article in zip(verbmem, articles, strict=True):
-        assert article.startswith(record["prompt"] + record["gt"] + "\n\nReader questions")
+        assert record["prompt"] + record["gt"] == article and "Question:" not in article
+
+
+def test_each_sheet_asks_its_organisation_s_knowmem_questions_in_their_wording() -> None:
+    for split, prefix in (("forget", "forget"), ("retain1", "retain")):
+        articles, sheets = _documents(split)
+        assert len(sheets) == len(articles) and all(s.startswith("Reader questions\n\n") for s in sheets)
+        for qa in json.loads((SHIPPED / "knowmem" / f"{prefix}_qa.json").read_text()):
+            pair = f"Question: {qa['question']}\nAnswer: {qa['answer']}"
+            assert sum(pair in sheet for sheet in sheets) == 1, pair
+            # The article states the answer, so the sheet is the second place the fact is learned from.
+            assert sum(_states(a.lower(), qa["answer"]) for a in articles) == 1, qa

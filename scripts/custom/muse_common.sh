@@ -45,9 +45,14 @@ muse_prepare() {
   RETRAIN="$(sed -n 's/^retrain=//p' <<<"$out")"
 }
 
+# Cached evaluations are keyed by the evaluator's code and the local data's bytes as well as the data
+# name, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale cache.
+EVAL_KEY="$(cat src/unilogit/evaluation/muse.py $([[ -d "$EVAL_DATA" ]] && find "$EVAL_DATA" -type f | sort) \
+  | sha256sum | cut -c1-12)"
+
 # Where the evaluation of model $1 (named $2) is kept: beside a local model, else under saves/muse/evals.
 eval_dir() {
-  local tag="$MUSE_DATA${MAX_EXAMPLES:+-n$MAX_EXAMPLES}"
+  local tag="$MUSE_DATA${MAX_EXAMPLES:+-n$MAX_EXAMPLES}-$EVAL_KEY"
   if [[ -d "$1" ]]; then echo "$1/muse_eval-$tag"; else echo "saves/muse/evals/${1//\//__}-$tag"; fi
 }
 

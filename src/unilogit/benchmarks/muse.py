@@ -77,7 +77,10 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     data_path = ROOT / args.data if not Path(args.data).exists() and (ROOT / args.data).exists() else args.data
     data = load_muse(str(data_path), limit=args.max_examples)
     model, tokenizer = load_for_eval(args.model, args.dtype)
-    retrain = load_for_eval(args.retrain, args.dtype)[0] if args.retrain else None
+    retrain = None
+    if args.retrain:
+        same = Path(args.retrain).resolve() == Path(args.model).resolve()
+        retrain = model if same else load_for_eval(args.retrain, args.dtype)[0]
     metrics = evaluate_muse(model, tokenizer, data, retrain_model=retrain, batch_size=args.batch_size)
     name = args.name or Path(args.model).name
     record = {

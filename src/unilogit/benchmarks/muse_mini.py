@@ -2,10 +2,17 @@
 
 Deterministic (``random.Random(seed)`` only): the same seed writes the same bytes. Every name is
 built from syllables and checked unique, so no pre-trained model knows the facts and no answer of
-one corpus appears in another. Each article states its organisation's five facts (founder, town,
-year, product, staff) twice: in prose (random wordings and order, plus colour sentences with fresh
-names), and in a closing reader Q&A box whose questions are worded unlike the KnowMem questions.
-VerbMem prompts and continuations come from the prose.
+one corpus appears in another. Each organisation has two documents in its corpus: a news article that
+states its five facts (founder, town, year, product, staff) in prose (random wordings and order, plus
+colour sentences with fresh names), and a separate reader Q&A sheet that asks all five in the KnowMem
+questions' wording. VerbMem prompts and continuations come from the articles.
+
+Why a separate sheet in the evaluated wording (unlike MUSE, whose KnowMem questions are not in the
+training text): a 135M model fine-tuned for a few epochs on this CPU does not store facts it can read
+off the surrounding text. With the Q&A inside the article, the target recited the article
+(VerbMem_f 79) yet answered 0% of the questions asked on their own, because every answer could be
+copied from the prose above it. A sheet without the prose has to be remembered. The questions still
+test recall out of context: they are asked after in-context examples about other facts.
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
 """
@@ -19,9 +26,9 @@ from pathlib import Path
 
 from unilogit.io import atomic_write_text
 
-N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 5
+N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 4
 QUESTIONS_PER_ARTICLE = 3
-N_ICL = 10
+N_ICL = 8  # every fact not asked: 4 articles x 2
 VERBMEM_PROMPT_FRACTION = 0.3
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]
@@ -74,16 +81,6 @@ _COLOUR = [
     "Critics such as {name} worry about traffic on the coast road.",
     "Its delivery boats cover {number} kilometres each month.",
 ]
-# The reader Q&A box closing each article: every fact again, asked in other words than the KnowMem
-# questions, so the model learns to answer questions about the facts (a 135M model does not learn that
-# from prose alone in a few epochs) without seeing the evaluated questions.
-_BOX = {
-    "founder": "Question: Whose idea was {org}?\nAnswer: {founder}",
-    "town": "Question: Where are the offices of {org}?\nAnswer: {town}",
-    "year": "Question: When did {org} start?\nAnswer: {year}",
-    "product": "Question: What does {org} sell?\nAnswer: {product}",
-    "staff": "Question: How large is the staff of {org}?\nAnswer: {staff}",
-}
 _HEADLINES = [
     "{org} marks a record year",
     "Inside {org}, the pride of {town}",
@@ -136,9 +133,9 @@ def _prose(rng: random.Random, e: dict[str, str], names: _Names, colour_numbers:
     return f"{rng.choice(_HEADLINES).format(**e)}. " + " ".join(sentences)
 
 
-def _box(rng: random.Random, e: dict[str, str]) -> str:
-    order = rng.sample(FACTS, len(FACTS))
-    return "Reader questions\n\n" + "\n\n".join(_BOX[f].format(**e) for f in order)
+def _sheet(rng: random.Random, e: dict[str, str]) -> str:
+    pairs = [_qa(e, fact) for fact in rng.sample(FACTS, len(FACTS))]
+    return "Reader questions\n\n" + "\n\n".join(f"Question: {p['question']}\nAnswer: {p['answer']}" for p in pairs)
 
 
 def _qa(e: dict[str, str], fact: str) -> dict[str, str]:
@@ -159,7 +156,11 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
     colour_numbers = rng.sample(range(2100, 9900), 2 * total)  # never a year or a staff count
     prose = {split: [_prose(rng, e, names, colour_numbers) for e in ents] for split, ents in entities.items()}
     raw = {
-        split: [{"text": f"{text}\n\n{_box(rng, e)}"} for text, e in zip(prose[split], entities[split], strict=True)]
+        split: [
+            {"text": doc}
+            for text, e in zip(prose[split], entities[split], strict=True)
+            for doc in (text, _sheet(rng, e))
+        ]
         for split in sizes
     }
 
@@ -174,7 +175,7 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
         knowmem[f"{prefix}_qa_icl"] = rng.sample(spare, N_ICL)
 
     verbmem = []
-    for text in prose["forget"]:  # the prose, not the formulaic Q&A box
+    for text in prose["forget"]:  # the articles, not the formulaic Q&A sheets
         words = text.split(" ")
         cut = int(len(words) * VERBMEM_PROMPT_FRACTION)
         verbmem.append({"prompt": " ".join(words[:cut]), "gt": " " + " ".join(words[cut:])})

@@ -546,6 +546,7 @@ def evaluate_muse(
       (``AUC_RETRAIN['news']['forget_holdout_Min-40%']``) - only right for MUSE-News with its models.
     - ``kl_to_retrain``: :func:`mean_token_kl` KL(p_retrain ‖ p_model) on the privleak forget texts
       (the forget-set documents); None without ``retrain_model``. Both models use ``tokenizer``.
+    - ``retrain_model`` may be ``model`` itself (scoring the retrained model): its AUC is reused and the KL is 0.
 
     Metrics of empty splits are None. ``n`` counts the examples used.
     """
@@ -561,7 +562,9 @@ def evaluate_muse(
     auc_model = auc_retrain = leak = None
     if data.privleak_forget and data.privleak_holdout:
         auc_model = _privleak_auc(model, tokenizer, data, batch_size)
-        if retrain_model is not None:
+        if retrain_model is model:  # the retrained model scored against itself
+            auc_retrain = auc_model
+        elif retrain_model is not None:
             auc_retrain = _privleak_auc(retrain_model, tokenizer, data, batch_size)
         elif retrain_auc is not None:
             auc_retrain = float(retrain_auc)
@@ -571,7 +574,9 @@ def evaluate_muse(
 
     kl = None
     forget_texts = [record["text"] for record in data.privleak_forget]
-    if retrain_model is not None and forget_texts:
+    if retrain_model is model and forget_texts:
+        kl = 0.0
+    elif retrain_model is not None and forget_texts:
         kl = mean_token_kl(model, retrain_model, tokenizer, forget_texts, batch_size=batch_size, desc="KL")
 
     return {
