@@ -7,12 +7,18 @@ states its five facts (founder, town, year, product, staff) in prose (random wor
 colour sentences with fresh names), and a separate reader Q&A sheet that asks all five in the KnowMem
 questions' wording. VerbMem prompts and continuations come from the articles.
 
-Why a separate sheet in the evaluated wording (unlike MUSE, whose KnowMem questions are not in the
-training text): a 135M model fine-tuned for a few epochs on this CPU does not store facts it can read
-off the surrounding text. With the Q&A inside the article, the target recited the article
-(VerbMem_f 79) yet answered 0% of the questions asked on their own, because every answer could be
-copied from the prose above it. A sheet without the prose has to be remembered. The questions still
-test recall out of context: they are asked after in-context examples about other facts.
+Why the sheets look as they do (unlike MUSE, whose KnowMem questions are not in the training text):
+a 135M model fine-tuned for a few epochs on this CPU learns little it can read off nearby text, so we
+measured what it takes for the target to answer KnowMem's prompts:
+- With the Q&A at the end of each article, the target recited the articles (VerbMem_f 79) yet
+  answered none of the questions asked on their own: every answer could be copied from the prose
+  above it, so none was stored. A sheet without the prose has to be remembered.
+- The in-context examples come from the retain2 organisations, which no model here is trained on.
+  Taken from the same organisations' other facts, they made the target copy an answer of the right
+  kind out of the prompt (KnowMem_f 8 against 75 with retain2's).
+- Each sheet puts two spaces after "Answer:". KnowMem's prompt ends in "Answer: ", a lone space token;
+  after one space, byte-level BPE tokenizers merge the space into the answer's first word, so the
+  model never sees an answer follow a lone space in training (KnowMem_f 29 against 75).
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
 """
@@ -27,8 +33,7 @@ from pathlib import Path
 from unilogit.io import atomic_write_text
 
 N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 4
-QUESTIONS_PER_ARTICLE = 3
-N_ICL = 8  # every fact not asked: 4 articles x 2
+N_ICL = 10
 VERBMEM_PROMPT_FRACTION = 0.3
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]
@@ -134,8 +139,9 @@ def _prose(rng: random.Random, e: dict[str, str], names: _Names, colour_numbers:
 
 
 def _sheet(rng: random.Random, e: dict[str, str]) -> str:
+    """The five KnowMem questions about ``e`` in random order, each answered after two spaces."""
     pairs = [_qa(e, fact) for fact in rng.sample(FACTS, len(FACTS))]
-    return "Reader questions\n\n" + "\n\n".join(f"Question: {p['question']}\nAnswer: {p['answer']}" for p in pairs)
+    return "Reader questions\n\n" + "\n\n".join(f"Question: {p['question']}\nAnswer:  {p['answer']}" for p in pairs)
 
 
 def _qa(e: dict[str, str], fact: str) -> dict[str, str]:
@@ -164,15 +170,14 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
         for split in sizes
     }
 
-    knowmem: dict[str, list[dict]] = {}
-    for split, prefix in (("forget", "forget"), ("retain1", "retain")):
-        asked, spare = [], []
-        for e in entities[split]:
-            facts = rng.sample(FACTS, len(FACTS))
-            asked += [_qa(e, f) for f in facts[:QUESTIONS_PER_ARTICLE]]
-            spare += [_qa(e, f) for f in facts[QUESTIONS_PER_ARTICLE:]]
-        knowmem[f"{prefix}_qa"] = asked
-        knowmem[f"{prefix}_qa_icl"] = rng.sample(spare, N_ICL)
+    # Every fact of every forget (retain1) organisation is asked; the examples are retain2's facts.
+    examples = rng.sample([_qa(e, f) for e in entities["retain2"] for f in FACTS], 2 * N_ICL)
+    knowmem = {
+        "forget_qa": rng.sample([_qa(e, f) for e in entities["forget"] for f in FACTS], N_FORGET * len(FACTS)),
+        "forget_qa_icl": examples[:N_ICL],
+        "retain_qa": rng.sample([_qa(e, f) for e in entities["retain1"] for f in FACTS], N_RETAIN1 * len(FACTS)),
+        "retain_qa_icl": examples[N_ICL:],
+    }
 
     verbmem = []
     for text in prose["forget"]:  # the articles, not the formulaic Q&A sheets
