@@ -1,7 +1,9 @@
 """The chunked losses in ``unilogit.losses`` against the straightforward ones in ``unilogit.losses_reference``.
 
-Values and gradients must agree to 1e-5 relative across many chunks (the chunk size is shrunk to a
-few rows), for fp32 and bf16 logits, and the lean losses must keep no ``[N, V]`` tensor for the
+Values and gradients of the lean losses on fp32 logits must agree to 1e-5 relative with the
+straightforward formulas evaluated in float64 (in fp32 those are themselves off by more than that
+where log p − log p̃ cancels), across many chunks (the chunk size is shrunk to a few rows). On bf16
+logits both compute in fp32 and must agree. The lean losses must keep no ``[N, V]`` tensor for the
 backward pass beyond the logits they were given.
 """
 
@@ -73,7 +75,8 @@ def _assert_match(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tens
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lean_matches_straightforward(name: str, seed: int) -> None:
     z, r, h, y = _case(seed)
-    _assert_match(_value_and_grad(lean, name, z, r, h, y), _value_and_grad(naive, name, z, r, h, y))
+    exact = _value_and_grad(naive, name, z.double(), r.double(), h.double(), y)
+    _assert_match(_value_and_grad(lean, name, z, r, h, y), exact)
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -119,7 +122,8 @@ def test_lean_keeps_no_vocabulary_sized_copy_for_backward(name: str) -> None:
     z, r, h, y = _case(5)
     z.requires_grad_(True)
     n = int((y[:, 1:] != IGNORE).sum())
-    big = [t for t in _saved_for_backward(lean, name, z, r, h, y) if t.numel() > n]
+    assert 4 * n < VOCAB  # so a few statistics per position stay below one vocabulary row
+    big = [t for t in _saved_for_backward(lean, name, z, r, h, y) if t.numel() >= VOCAB]
     assert all(t.data_ptr() == z.data_ptr() for t in big), [tuple(t.shape) for t in big]
     # The straightforward formulas keep fp32 [N, V] copies: the check above would catch them.
     copies = [t for t in _saved_for_backward(naive, name, z, r, h, y) if t.numel() >= n * VOCAB]

@@ -25,8 +25,13 @@ from unilogit.losses import (
 
 
 def supervised_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift by one and return ``(z, y)`` at supervised positions: z is ``[N, V]`` fp32, y is ``[N]``."""
-    return supervised_rows(logits, labels).float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+    """Shift by one and return ``(z, y)`` at supervised positions: z is ``[N, V]``, y is ``[N]``.
+
+    z is fp32 for fp32 and 16-bit logits, as in training, and float64 for float64 logits: the tests and
+    the benchmark evaluate these formulas in float64 to get the exact values the lean losses must match.
+    """
+    z = supervised_rows(logits, labels)
+    return z.to(torch.promote_types(z.dtype, torch.float32)), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +40,7 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     z, y = supervised_positions(logits, labels)
     token_nll = F.cross_entropy(z, y, reduction="none")
     rows = mask.nonzero()[:, 0]
-    nll = torch.zeros(labels.size(0), dtype=torch.float32, device=logits.device).index_add(0, rows, token_nll)
+    nll = torch.zeros(labels.size(0), dtype=z.dtype, device=logits.device).index_add(0, rows, token_nll)
     return nll, mask.sum(dim=1)
 
 
