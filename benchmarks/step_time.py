@@ -369,7 +369,7 @@ def main() -> None:
         }
         for key, pair in kernels.items()
     }
-    command = " ".join(["python", "benchmarks/step_time.py", *sys.argv[1:]])
+    command = " ".join([".venv/bin/python", "benchmarks/step_time.py", *sys.argv[1:]])
     atomic_write_text(opts.output, json.dumps(results, indent=2) + "\n")
     atomic_write_text(markdown_path, _markdown(results, raw, command, opts))
     print(markdown_path.read_text())
