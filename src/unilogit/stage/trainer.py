@@ -148,15 +148,19 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
 
         # One forward pass over both sides: DDP and ZeRO expect one forward per backward.
         batch = _concatenate([forget] if retain is None else [forget, retain])
-        all_logits = model(**_model_inputs(batch)).logits
         rows = forget["input_ids"].size(0)
-        logits, labels = all_logits[:rows], batch["labels"][:rows]
+        # split, not two slices: its backward concatenates the two sides' gradients into one buffer,
+        # where each slice's backward would allocate a zero-filled gradient of the whole batch.
+        split = [rows, batch["input_ids"].size(0) - rows]
+        all_logits = model(**_model_inputs(batch)).logits.split(split)
+        all_labels = batch["labels"].split(split)
+        logits, labels = all_logits[0], all_labels[0]
         forget_loss, extras = self.method.forget_term(logits, labels, forget_ref, args)
         total = forget_loss * _weight(forget, window, FORGET, reduction_index, scale)
         terms = {"forget_loss": forget_loss, **extras}
 
         if retain is not None:
-            retain_logits, retain_labels = all_logits[rows:], batch["labels"][rows:]
+            retain_logits, retain_labels = all_logits[1], all_labels[1]
             if retain_ref is not None:
                 retain_loss = losses.kl_retain_loss(retain_logits, retain_ref, retain_labels)
             else:

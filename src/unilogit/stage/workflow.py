@@ -66,6 +66,10 @@ def run_unlearn(
     # Under LoRA create_ref_model returns None and the trainer disables the adapter instead: no copy.
     # Methods whose terms need no reference (GA, SimNPO, Unilogit with retain_loss nll) load none.
     ref_model = create_ref_model(model_args, finetuning_args) if needs_reference else None
+    if ref_model is not None and not training_args.deepspeed and model_args.quantization_bit is None:
+        # llamafactory loads the checkpoint's own dtype (often fp32); the frozen reference only runs
+        # forward passes, so it is kept in the compute dtype (DeepSpeed casts it itself).
+        ref_model.to(model_args.compute_dtype)
 
     collator = SFTDataCollatorWith4DAttentionMask(
         template=template,
