@@ -1,107 +1,418 @@
-"""Step time of every unlearning method on the embedded 135M model, relative to plain SFT, in one run.
+"""Step time and peak memory of every unlearning method against SFT on the same tokens, and the loss kernels alone.
 
-Every configuration trains the same model on the same forget batches (per-device batch 4, full
-fine-tuning, fp32 unless --bf16) for ``--warmup`` + ``--steps`` optimizer steps; the warm-up steps are
-not timed. Each method uses its default retain term on the example retain set, so its step also
-processes a retain batch (and a reference forward where the terms need one); SFT trains on the
-forget batch alone. Prints seconds per step and the ratio to SFT measured in this same process.
+Part 1, training steps. Every configuration trains the embedded SmolLM2-135M-Instruct (fp32, per-device
+batch 4) for ``--warmup`` untimed and ``--steps`` timed optimizer steps, with full fine-tuning and with
+LoRA (r=8, all linear layers). The forget and retain sets are cut to their first 4 examples, so every
+step sees the same 4 forget and 4 retain examples. Each method uses its default retain term (NLL, or
+KL for Unilogit) and runs the reference forward its terms need; the floor is llamafactory's own SFT on
+the same 8 examples in one batch. Each configuration runs in a fresh process, so that its peak memory
+is its own. Reported per configuration: the median step time, tokens per second (non-padding tokens
+of the step over its time), the peak resident memory of the process during the timed steps (VmHWM,
+reset at the start of every step through /proc/self/clear_refs: weights, optimizer state, activations,
+logits and the Python/torch runtime), and the step time relative to SFT of the same mode.
 
-    .venv/bin/python benchmarks/step_time.py [--steps 3] [--warmup 1] [--lora] [--bf16]
+Part 2, loss kernels. Each loss of ``unilogit.losses`` (chunked) and ``unilogit.losses_reference``
+(straightforward) computes value and gradient on the same fp32 logits [B, T, V] (prompt positions
+masked) at V = 49,152 (SmolLM2) and V = 128,256 (Llama 3), each implementation in a fresh process:
+median time of forward + backward, the peak resident memory above the process's resident memory just
+before (the inputs are already allocated, the gradient of the logits counts), and the largest relative
+difference of the lean loss from the straightforward formulas evaluated exactly (in float64):
+|Δ value| / |value| or max |Δ grad| / max |grad|, whichever is larger.
+
+    .venv/bin/python benchmarks/step_time.py [--steps 3] [--warmup 1] [--clock wall|cpu] [--output PATH]
+
+``--clock cpu`` times by the process's CPU time (all threads) instead of the wall clock: on a machine
+shared with other work the wall clock measures the neighbours' load, which changes between
+configurations. It writes the JSON (default ``docs/results/benchmark.json``) and a Markdown twin
+beside it after every measurement, and refuses to replace an earlier result without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-
-from transformers import TrainerCallback
-
-from unilogit._compat import install_torchaudio_stub
-
-install_torchaudio_stub()
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = ("sft", "ga", "npo", "simnpo", "undial", "unilogit")
+MODES = ("full", "lora")
+KERNELS = ("nll", "npo", "simnpo", "undial", "unilogit", "kl_retain")
+VOCABS = (49_152, 128_256)
+KERNEL_SHAPE = (2, 256)  # batch, sequence
+KERNEL_PROMPT = 64  # masked positions at the start of every row
+KERNEL_REPEATS = 3
 
 
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step (forward, backward and update of the whole window)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
+# --------------------------------------------------------------------------------------------------
+# Resident memory from /proc (Linux)
+# --------------------------------------------------------------------------------------------------
 
 
-def _config(output_dir: str, steps: int, lora: bool, bf16: bool, **extra) -> dict:
+def _status_mb(field: str) -> float:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}; this benchmark measures memory on Linux only")
+    return int(match.group(1)) / 1024
+
+
+def reset_peak() -> None:
+    """Reset the process's peak resident memory (VmHWM) to its current resident memory."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mb() -> float:
+    """Peak resident memory since the last :func:`reset_peak`, in MiB."""
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    """Current resident memory, in MiB."""
+    return _status_mb("VmRSS")
+
+
+# --------------------------------------------------------------------------------------------------
+# Part 1: one training configuration (run in its own process)
+# --------------------------------------------------------------------------------------------------
+
+
+def _probe_class() -> type:
+    from transformers import TrainerCallback
+
+    class StepProbe(TrainerCallback):
+        """Wall time and peak resident memory of each optimizer step."""
+
+        def __init__(self) -> None:
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+            self.peaks: list[float] = []
+            self.starts: list[float] = []
+            self.tokens_per_step = 0.0
+            self._t0 = (0.0, 0.0)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            reset_peak()
+            self.starts.append(rss_mb())
+            self._t0 = (time.perf_counter(), time.process_time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.wall.append(time.perf_counter() - self._t0[0])
+            self.cpu.append(time.process_time() - self._t0[1])
+            self.peaks.append(peak_mb())
+            self.tokens_per_step = state.num_input_tokens_seen / state.global_step
+
+    return StepProbe
+
+
+def _config(output_dir: str, mode: str, run: str, steps: int) -> dict[str, Any]:
     from unilogit.models import resolve_model
 
-    config = {
+    config: dict[str, Any] = {
         "model_name_or_path": resolve_model("smollm2-135m-instruct"),
         "template": "smollm2",
         "do_train": True,
-        "dataset": "example_forget",
         "dataset_dir": str(ROOT / "data"),
+        "max_samples": 4,
         "cutoff_len": 256,
         "output_dir": output_dir,
-        "per_device_train_batch_size": 4,
         "learning_rate": 1e-5,
         "max_steps": steps,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
         "seed": 42,
-        "bf16": bf16,
-        "finetuning_type": "lora" if lora else "full",
-        **extra,
+        "use_cpu": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "finetuning_type": mode,
     }
-    if lora:
+    if mode == "lora":
         config.update(lora_rank=8, lora_alpha=16, lora_target="all")
+    if run == "sft":  # the same 4 + 4 examples in one batch
+        config.update(stage="sft", dataset="example_forget,example_retain", per_device_train_batch_size=8)
+    else:
+        config.update(
+            stage="unlearn",
+            unlearn_method=run,
+            dataset="example_forget",
+            retain_dataset="example_retain",
+            per_device_train_batch_size=4,
+        )
     return config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per configuration")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--lora", action="store_true", help="LoRA r=8 instead of full fine-tuning")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    opts = parser.parse_args()
+def measure_step(mode: str, run: str, steps: int, warmup: int) -> dict[str, float]:
+    """Train one configuration; return its median step time, tokens per step and peak memory."""
+    from unilogit._compat import install_torchaudio_stub
 
+    install_torchaudio_stub()
     from llamafactory.train.tuner import run_exp
 
     from unilogit.cli import run_unlearn_from_config
-    from unilogit.stage.methods import METHODS
 
-    total = opts.warmup + opts.steps
-    rows: list[tuple[str, float]] = []
-    runs = [("sft", {"stage": "sft"})] + [
-        (name, {"stage": "unlearn", "unlearn_method": name, "retain_dataset": "example_retain"}) for name in METHODS
+    probe = _probe_class()()
+    with tempfile.TemporaryDirectory() as out:
+        config = _config(out, mode, run, warmup + steps)
+        if run == "sft":
+            run_exp(config, callbacks=[probe])
+        else:
+            run_unlearn_from_config(config, callbacks=[probe])
+    return {
+        "wall_s": statistics.median(probe.wall[warmup:]),
+        "cpu_s": statistics.median(probe.cpu[warmup:]),
+        "tokens_per_step": probe.tokens_per_step,
+        "peak_mb": max(probe.peaks[warmup:]),
+        "start_mb": statistics.median(probe.starts[warmup:]),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Part 2: one loss kernel (run in its own process)
+# --------------------------------------------------------------------------------------------------
+
+
+def _kernel_inputs(vocab: int) -> tuple:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    bsz, seq = KERNEL_SHAPE
+    logits = torch.randn(bsz, seq, vocab, generator=g) * 2
+    ref = logits + torch.randn(bsz, seq, vocab, generator=g) * 0.5
+    labels = torch.randint(0, vocab, (bsz, seq), generator=g)
+    labels[:, :KERNEL_PROMPT] = -100
+    return logits, ref, labels
+
+
+def _kernel_call(module: Any, name: str, z: Any, ref: Any, labels: Any) -> Any:
+    calls = {
+        "nll": lambda: module.nll_loss(z, labels),
+        "npo": lambda: module.npo_loss(z, ref, labels, beta=0.1),
+        "simnpo": lambda: module.simnpo_loss(z, labels, beta=4.5),
+        "undial": lambda: module.undial_loss(z, ref, labels, gamma=10.0),
+        "unilogit": lambda: module.unilogit_forget_loss(z, labels),
+        "kl_retain": lambda: module.kl_retain_loss(z, ref, labels),
+    }
+    return calls[name]()
+
+
+def _value_and_grad(module: Any, name: str, logits: Any, ref: Any, labels: Any) -> tuple:
+    import torch
+
+    z = logits.detach().requires_grad_(True)
+    value = _kernel_call(module, name, z, ref, labels)
+    (grad,) = torch.autograd.grad(value, z)
+    return value.detach(), grad
+
+
+def measure_kernel(name: str, vocab: int, impl: str) -> dict[str, float]:
+    """Time and peak memory of one implementation; the naive run also compares against the lean one."""
+    from unilogit import losses, losses_reference
+
+    module = losses if impl == "lean" else losses_reference
+    logits, ref, labels = _kernel_inputs(vocab)
+    _value_and_grad(module, name, logits, ref, labels)  # warm-up: lazy initialisation, thread pools
+    base = rss_mb()
+    reset_peak()
+    wall, cpu = [], []
+    for _ in range(KERNEL_REPEATS):
+        start = (time.perf_counter(), time.process_time())
+        value, grad = _value_and_grad(module, name, logits, ref, labels)
+        wall.append(time.perf_counter() - start[0])
+        cpu.append(time.process_time() - start[1])
+        del grad
+    result = {"peak_mb": peak_mb() - base, "wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+    if impl == "naive":  # after the measurements: the exact values, the straightforward formulas in float64
+        value, grad = _value_and_grad(module, name, logits.double(), ref.double(), labels)
+        lean_value, lean_grad = _value_and_grad(losses, name, logits, ref, labels)
+        value_diff = abs(float(lean_value - value)) / max(abs(float(value)), 1e-30)
+        grad_diff = float((lean_grad - grad).abs().max()) / max(float(grad.abs().max()), 1e-30)
+        result["max_rel_diff"] = max(value_diff, grad_diff)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+def _child(args: list[str], timeout: int) -> dict[str, float]:
+    """Run this script in a fresh process for one measurement; its last stdout line is the JSON result."""
+    result = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _cpu_name() -> str:
+    match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    return match.group(1).strip() if match else "an unknown CPU"
+
+
+def _summarize(raw: dict[str, Any], clock: str) -> dict[str, Any]:
+    """The results in the issue's shape, from what has been measured so far."""
+    key = f"{clock}_s"
+    results: dict[str, Any] = {mode: {} for mode in MODES}
+    for mode in MODES:
+        sft = raw["steps"][mode].get("sft")
+        for run, row in raw["steps"][mode].items():
+            results[mode][run] = {
+                "step_s": row[key],
+                "tokens_per_s": row["tokens_per_step"] / row[key],
+                "peak_mb": row["peak_mb"],
+                "ratio_to_sft": row[key] / sft[key] if sft else None,
+            }
+    results["loss_kernels"] = {
+        name: {
+            "lean_peak_mb": pair["lean"]["peak_mb"],
+            "naive_peak_mb": pair["naive"]["peak_mb"],
+            "lean_s": pair["lean"][key],
+            "naive_s": pair["naive"][key],
+            "max_rel_diff": pair["naive"]["max_rel_diff"],
+        }
+        for name, pair in raw["kernels"].items()
+        if "lean" in pair and "naive" in pair
+    }
+    return results
+
+
+def _ratio(value: float | None, unit: str = "×") -> str:
+    return "—" if value is None else f"{value:.2f}{unit}"
+
+
+def _markdown(results: dict[str, Any], raw: dict[str, Any], command: str, opts: argparse.Namespace) -> str:
+    clock = (
+        "CPU seconds of the process (all threads), because other work shared the cores"
+        if opts.clock == "cpu"
+        else "wall-clock seconds"
+    )
+    lines = [
+        "# Benchmark: unlearning step cost and loss kernels",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Measured {raw['date']} on {raw['machine']} ({raw['cpus']} CPU cores shared with other work), "
+        f"torch {raw['torch']}, fp32. Times are {clock}; tokens/s are tokens per such second. "
+        "Ratios are within this one run.",
+        "",
+        f"## Training step: SmolLM2-135M-Instruct, forget batch 4 + retain batch 4, median of {opts.steps} steps "
+        f"after {opts.warmup} warm-up",
+        "",
+        "`peak MB` is the peak resident memory of the training process during a step (weights, optimizer state, "
+        "activations, logits and the Python/torch runtime); `step Δ` is that peak minus the resident memory at "
+        "the start of the step; `wall s` is the median wall-clock step time, for reference. SFT trains on the "
+        "same 8 examples in one batch. A row marked — was not measured in this run.",
     ]
-    for name, extra in runs:
-        timer = StepTimer()
-        with tempfile.TemporaryDirectory() as out:
-            config = _config(out, total, opts.lora, opts.bf16, **extra)
-            if name == "sft":
-                run_exp(config, callbacks=[timer])
-            else:
-                run_unlearn_from_config(config, callbacks=[timer])
-        rows.append((name, statistics.median(timer.times[opts.warmup :])))
+    for mode in MODES:
+        sft = results[mode].get("sft")
+        lines += [
+            "",
+            f"### {'Full fine-tuning' if mode == 'full' else 'LoRA r=8'}",
+            "",
+            "| run | retain term | s/step | tokens/s | vs SFT | peak MB | vs SFT | step Δ MB | wall s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for run in RUNS:
+            retain = "—" if run == "sft" else ("kl" if run == "unilogit" else "nll")
+            row, extra = results[mode].get(run), raw["steps"][mode].get(run)
+            if row is None:
+                lines.append(f"| {run} | {retain} | — | — | — | — | — | — | — |")
+                continue
+            memory = row["peak_mb"] / sft["peak_mb"] if sft else None
+            lines.append(
+                f"| {run} | {retain} | {row['step_s']:.2f} | {row['tokens_per_s']:.1f} | {_ratio(row['ratio_to_sft'])} "
+                f"| {row['peak_mb']:.0f} | {_ratio(memory)} | {extra['peak_mb'] - extra['start_mb']:.0f} "
+                f"| {extra['wall_s']:.2f} |"
+            )
+    bsz, seq = KERNEL_SHAPE
+    lines += [
+        "",
+        f"## Loss kernels: fp32 logits [{bsz}, {seq}, V], the first {KERNEL_PROMPT} positions of each row masked, "
+        f"value + gradient, median of {KERNEL_REPEATS}",
+        "",
+        "Peak MB: resident memory above the process's just before the call (the gradient of the logits counts). "
+        "max_rel_diff: the lean loss on fp32 logits against the straightforward formulas in float64, "
+        "|Δ value| / |value| or max |Δ grad| / max |grad|, the larger.",
+        "",
+        "| loss @ V | lean s | naive s | lean peak MB | naive peak MB | lean / naive peak | max_rel_diff |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, row in results["loss_kernels"].items():
+        lines.append(
+            f"| {key} | {row['lean_s']:.3f} | {row['naive_s']:.3f} | {row['lean_peak_mb']:.0f} "
+            f"| {row['naive_peak_mb']:.0f} | {row['lean_peak_mb'] / row['naive_peak_mb']:.2f} "
+            f"| {row['max_rel_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
 
-    sft = rows[0][1]
-    mode = f"{'LoRA r=8' if opts.lora else 'full'}, {'bf16' if opts.bf16 else 'fp32'}"
-    print(f"\nstep time on SmolLM2-135M-Instruct ({mode}, batch 4, median of {opts.steps} steps)")
-    print("| run | retain term | s/step | vs SFT |\n|---|---|---:|---:|")
-    for name, seconds in rows:
-        retain = "—" if name == "sft" else METHODS[name].default_retain_loss
-        print(f"| {name} | {retain} | {seconds:.2f} | {seconds / sft:.2f}× |")
+
+def main() -> None:
+    """Run every measurement in its own process; rewrite the JSON and Markdown results after each one."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time steps and kernels by wall clock, or by the process's CPU time (for a machine shared with "
+        "other work, where wall time measures the neighbours)",
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "docs/results/benchmark.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    parser.add_argument("--step", nargs=2, metavar=("MODE", "RUN"), help=argparse.SUPPRESS)
+    parser.add_argument("--kernel", nargs=3, metavar=("LOSS", "VOCAB", "IMPL"), help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.step:
+        print(json.dumps(measure_step(*opts.step, opts.steps, opts.warmup)))
+        return
+    if opts.kernel:
+        name, vocab, impl = opts.kernel
+        print(json.dumps(measure_kernel(name, int(vocab), impl)))
+        return
+
+    markdown_path = opts.output.with_suffix(".md")
+    for path in (opts.output, markdown_path):
+        if path.exists() and not opts.overwrite:
+            sys.exit(f"step_time.py: error: {path} exists; pass --overwrite to replace it")
+    import torch
+    from tqdm import tqdm
+
+    from unilogit.io import atomic_write_text
+
+    raw: dict[str, Any] = {
+        "steps": {mode: {} for mode in MODES},
+        "kernels": {},
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _cpu_name(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+    }
+    # The kernels first (minutes), then LoRA, then full fine-tuning; the files are rewritten after every
+    # measurement, so an interrupted run still leaves what it measured.
+    jobs: list[tuple[str, ...]] = [
+        ("kernel", name, str(vocab), impl) for vocab in VOCABS for name in KERNELS for impl in ("lean", "naive")
+    ]
+    jobs += [("step", mode, run) for mode in reversed(MODES) for run in RUNS]
+    step_args = ["--steps", str(opts.steps), "--warmup", str(opts.warmup)]
+    command = " ".join([".venv/bin/python", "benchmarks/step_time.py", *sys.argv[1:]])
+    for job in tqdm(jobs, desc="benchmark", unit="run"):
+        if job[0] == "step":
+            raw["steps"][job[1]][job[2]] = _child(["--step", job[1], job[2], *step_args], timeout=3600)
+        else:
+            raw["kernels"].setdefault(f"{job[1]}@{job[2]}", {})[job[3]] = _child(["--kernel", *job[1:]], 1800)
+        results = _summarize(raw, opts.clock)
+        atomic_write_text(opts.output, json.dumps(results, indent=2) + "\n")
+        atomic_write_text(markdown_path, _markdown(results, raw, command, opts))
+    print(markdown_path.read_text())
 
 
 if __name__ == "__main__":

@@ -77,9 +77,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed ``unilogit`` console script in a subprocess, as a user would."""
-    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    for key in ("FORCE_TORCHRUN", "LOCAL_RANK"):
-        full_env.pop(key, None)
+    # The caller's torchrun state never leaks in; ``env`` may still ask for torchrun (FORCE_TORCHRUN=1).
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_TORCHRUN", "LOCAL_RANK")}
+    full_env.update({"TOKENIZERS_PARALLELISM": "false", **(env or {})})
     return subprocess.run(
         [str(Path(sys.executable).with_name("unilogit")), *args],
         capture_output=True,

@@ -54,6 +54,11 @@ def test_sft_stage_goes_to_llamafactory(memorized_model_dir: str) -> None:
         (["unilogit_divergence=js"], "unilogit_divergence: 'js' is not valid; allowed values: reverse | forward"),
         (["retain_dataset=null", "retain_loss=kl"], "retain_loss"),
         (["dataset=nope"], "Undefined dataset nope"),
+        (["ref_offload=maybe"], "ref_offload: 'maybe' is not valid; use true or false"),
+        (
+            ["ref_offload=true", "deepspeed=examples/deepspeed/ds_z3_config.json"],
+            "ref_offload: DeepSpeed and FSDP shard the reference model",
+        ),
     ],
 )
 def test_bad_values_give_one_line_errors(

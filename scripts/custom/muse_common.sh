@@ -5,7 +5,9 @@
 #   TARGET_MODEL   use this target instead of preparing one (default for news/books: muse-bench's released
 #   RETRAIN_MODEL  target and retrain models); for mini both are trained once and cached (`unilogit muse prepare`)
 #   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN)
-#   DEEPSPEED      1: DeepSpeed ZeRO-3 with examples/deepspeed/ds_z3_config.json (GPU machines)
+#   DEEPSPEED      0 (default) | z3 (or 1) | z3_offload | z2: DeepSpeed with examples/deepspeed/ds_<value>_config.json
+#                  (GPU machines; z3_offload also keeps parameters and optimizer state on the CPU)
+#   REF_OFFLOAD    1: full fine-tuning without DeepSpeed keeps the frozen reference model on the CPU between uses
 #   BF16           false (default) | true: bf16 mixed precision (GPUs, or CPUs with avx512_bf16) for unlearning and preparation
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
@@ -31,7 +33,13 @@ esac
 EVAL_ARGS=(--data "$EVAL_DATA")
 [[ -n "${MAX_EXAMPLES:-}" ]] && EVAL_ARGS+=(--max-examples "$MAX_EXAMPLES")
 TRAIN_ARGS=(dataset="$FORGET" retain_dataset="$RETAIN" bf16="$BF16")
-[[ "${DEEPSPEED:-0}" == 1 ]] && TRAIN_ARGS+=(deepspeed=examples/deepspeed/ds_z3_config.json)
+case "${DEEPSPEED:-0}" in
+  0) ;;
+  1|z3) TRAIN_ARGS+=(deepspeed=examples/deepspeed/ds_z3_config.json) ;;
+  z2|z3_offload) TRAIN_ARGS+=(deepspeed="examples/deepspeed/ds_${DEEPSPEED}_config.json") ;;
+  *) echo "muse: error: DEEPSPEED=$DEEPSPEED; use 0, z3 (or 1), z3_offload or z2" >&2; exit 2 ;;
+esac
+[[ "${REF_OFFLOAD:-0}" == 1 ]] && TRAIN_ARGS+=(ref_offload=true)
 if [[ "${NGPUS:-1}" -gt 1 ]]; then export FORCE_TORCHRUN=1 NPROC_PER_NODE="$NGPUS"; fi
 
 # Sets TARGET and RETRAIN: the given models, or the cached mini-benchmark ones (trained when missing).

@@ -51,6 +51,14 @@ class UnlearningArguments:
     unilogit_divergence: str = field(
         default="reverse", metadata={"help": "Unilogit's forget divergence: reverse (the paper) | forward."}
     )
+    ref_offload: bool = field(
+        default=False,
+        metadata={
+            "help": "Full/freeze tuning: keep the frozen reference model on the CPU and move it to the "
+            "accelerator only for its forward passes (saves a model's worth of accelerator memory, costs "
+            "two transfers a step). Not with DeepSpeed or FSDP: use the ZeRO-3 offload config instead."
+        },
+    )
 
     def __post_init__(self) -> None:
         from unilogit.stage.methods import METHODS
@@ -73,6 +81,8 @@ class UnlearningArguments:
         _bounded("simnpo_beta", self.simnpo_beta, low=0.0, strict=True)
         _bounded("simnpo_delta", self.simnpo_delta, low=0.0, strict=False)
         _bounded("undial_gamma", self.undial_gamma, low=0.0, strict=False)
+        if not isinstance(self.ref_offload, bool):
+            raise ConfigError(f"ref_offload: {self.ref_offload!r} is not valid; use true or false")
 
     @property
     def method(self):  # noqa: ANN201 - the registry type lives in methods.py
@@ -111,7 +121,13 @@ def split_unlearning_args(args: dict[str, Any]) -> tuple[UnlearningArguments, di
                 ours[key] = float(ours[key])
             except ValueError:
                 raise ConfigError(f"{key}: {ours[key]!r} is not a number; use e.g. {key}=0.5") from None
-    return UnlearningArguments(**ours), args
+    unlearning_args = UnlearningArguments(**ours)
+    if unlearning_args.ref_offload and (args.get("deepspeed") or args.get("fsdp")):
+        raise ConfigError(
+            "ref_offload: DeepSpeed and FSDP shard the reference model with the policy; remove ref_offload and "
+            "use examples/deepspeed/ds_z3_offload_config.json to offload both to the CPU"
+        )
+    return unlearning_args, args
 
 
 def nearest_key(key: str, valid: list[str]) -> str | None:

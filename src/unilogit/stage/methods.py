@@ -1,7 +1,10 @@
 """The method registry: name → forget term, default retain term, hyperparameters.
 
-A forget term maps the current logits, the labels, the reference logits (``None`` when the method
-needs no reference) and the arguments to ``(loss, extra scalars to log)``. ``reduction`` says how
+A forget term maps the current logits, the labels, what it needs of the reference model (``None``
+when it needs no reference) and the arguments to ``(loss, extra scalars to log)``. What it needs is
+``reference_statistic``: ``"rows"``, the reference logits at the supervised positions ``[N, V]``
+(distillation terms), or ``"sequence_nll"``, one reference NLL per sequence ``[B]`` (NPO); the
+trainer computes it under ``no_grad`` and drops the reference logits at once. ``reduction`` says how
 the term averages ("token" or "sequence"), which the trainer needs to weight micro-batches under
 gradient accumulation so that 2 micro-batches × 2 steps equal one batch of 4.
 """
@@ -25,6 +28,9 @@ ForgetTerm = Callable[
 ]
 
 
+ReferenceStatistic = Literal["rows", "sequence_nll"]
+
+
 @dataclass(frozen=True)
 class Method:
     """One unlearning method."""
@@ -36,32 +42,32 @@ class Method:
     hyperparameters: tuple[str, ...]
     needs_forget_reference: Callable[[UnlearningArguments], bool]
     summary: str
+    reference_statistic: ReferenceStatistic = "rows"
 
 
-def _ga(logits, labels, ref_logits, args):
+def _ga(logits, labels, reference, args):
     return losses.ga_loss(logits, labels), {}
 
 
-def _npo(logits, labels, ref_logits, args):
+def _npo(logits, labels, ref_nll, args):
     nll, counts = losses.sequence_nll(logits, labels)
     with torch.no_grad():
-        ref_nll, _ = losses.sequence_nll(ref_logits, labels)
         keep = counts > 0
         # log π_θ(y|x) − log π_ref(y|x): falls below 0 as the model forgets; a collapse shows here first.
         log_ratio = (ref_nll - nll)[keep].mean() if keep.any() else nll.new_zeros(())
     return losses.npo_loss_from_nll(nll, ref_nll, counts, args.npo_beta), {"npo_log_ratio": log_ratio}
 
 
-def _simnpo(logits, labels, ref_logits, args):
+def _simnpo(logits, labels, reference, args):
     return losses.simnpo_loss(logits, labels, args.simnpo_beta, args.simnpo_delta), {}
 
 
-def _undial(logits, labels, ref_logits, args):
-    return losses.undial_loss(logits, ref_logits, labels, args.undial_gamma), {}
+def _undial(logits, labels, ref_rows, args):
+    return losses.undial_loss(logits, ref_rows, labels, args.undial_gamma), {}
 
 
-def _unilogit(logits, labels, ref_logits, args):
-    return losses.unilogit_forget_loss(logits, labels, ref_logits, args.unilogit_divergence), {}
+def _unilogit(logits, labels, ref_rows, args):
+    return losses.unilogit_forget_loss(logits, labels, ref_rows, args.unilogit_divergence), {}
 
 
 def _never(args: UnlearningArguments) -> bool:
@@ -80,7 +86,16 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("ga", _ga, "token", "nll", (), _never, "gradient ascent on the forget NLL"),
-        Method("npo", _npo, "sequence", "nll", ("npo_beta",), _always, "negative preference optimisation"),
+        Method(
+            "npo",
+            _npo,
+            "sequence",
+            "nll",
+            ("npo_beta",),
+            _always,
+            "negative preference optimisation",
+            reference_statistic="sequence_nll",
+        ),
         Method(
             "simnpo",
             _simnpo,

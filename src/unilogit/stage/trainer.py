@@ -3,6 +3,11 @@
 Subclasses llamafactory's ``CustomSeq2SeqTrainer`` for its optimizer and scheduler hooks and its
 reference-model preparation (DeepSpeed ZeRO-3 shards it, FSDP or plain accelerate otherwise).
 
+The reference model runs under ``no_grad`` before the policy's forward passes, and only what a term
+needs is kept of it (one NLL per sequence for NPO, the logits at supervised positions otherwise), so its
+transient ``[B, T, V]`` logits never coincide with the policy's activations. With ``ref_offload`` the
+frozen copy of full fine-tuning waits on the CPU and visits the accelerator for those forwards.
+
 Averaging under gradient accumulation: every term is a token mean (GA, UnDIAL, Unilogit, NLL, KL)
 or a sequence mean (NPO, SimNPO). A micro-batch term m with n items is weighted n / N, N the item
 count of the whole accumulation window on all processes, so that the summed gradient equals that
@@ -12,9 +17,12 @@ of one big batch (2 micro-batches × 2 steps = one batch of 4).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 from transformers import TrainerCallback
 from typing_extensions import override
@@ -44,7 +52,12 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
     """Computes L = L_forget + λ · L_retain and logs each term."""
 
     def __init__(self, unlearning_args: UnlearningArguments, **kwargs: Any) -> None:
+        offloaded = kwargs.pop("ref_model") if unlearning_args.ref_offload else None
         super().__init__(**kwargs)
+        if offloaded is not None:
+            # Not prepared by accelerate, which would move it to the accelerator for good (the workflow
+            # refuses ref_offload under DeepSpeed and FSDP, which shard it instead).
+            self.ref_model = offloaded.to("cpu").eval()
         self.unlearning_args = unlearning_args
         self.method = unlearning_args.method
         # Our loss does its own accumulation scaling (see module docstring); this flag stops the
@@ -87,18 +100,35 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
     def floating_point_ops(self, inputs):
         return sum(super(UnlearningTrainer, self).floating_point_ops(side) for side in inputs.values())
 
-    def _reference_logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of the initial model θ_o, without gradients.
+    @contextmanager
+    def _reference_on_device(self) -> Iterator[None]:
+        """With ``ref_offload``, bring the frozen reference to the accelerator and back to the CPU after."""
+        offload = self.unlearning_args.ref_offload and self.ref_model is not None
+        if offload:
+            self.ref_model.to(self.args.device)
+        try:
+            yield
+        finally:
+            if offload:
+                self.ref_model.to("cpu")
 
-        Full/freeze tuning: the frozen copy llamafactory built. LoRA: the same weights with the
-        adapter disabled, so no second model exists in memory.
+    def _reference(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], statistic: str) -> torch.Tensor:
+        """What a term needs of the initial model θ_o on one side of the batch, without gradients.
+
+        ``statistic`` is ``"sequence_nll"`` (``[B]``) or ``"rows"`` (the logits at supervised positions,
+        ``[N, V]`` in the model's dtype); the ``[B, T, V]`` reference logits are dropped here. Full/freeze
+        tuning: the frozen copy llamafactory built. LoRA: the same weights with the adapter disabled, so no
+        second model exists in memory.
         """
         with torch.no_grad():
             if self.ref_model is not None:
-                return self.ref_model(**_model_inputs(batch)).logits
-            unwrapped = self.accelerator.unwrap_model(model)
-            with unwrapped.disable_adapter():
-                return model(**_model_inputs(batch)).logits
+                logits = self.ref_model(**_model_inputs(batch)).logits
+            else:
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    logits = model(**_model_inputs(batch)).logits
+            if statistic == "sequence_nll":
+                return losses.sequence_nll(logits, batch["labels"])[0]
+            return losses.supervised_rows(logits, batch["labels"])
 
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -108,21 +138,33 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
         reduction_index = 0 if self.method.reduction == "token" else 1
 
         forget = inputs[FORGET]
-        logits = model(**_model_inputs(forget)).logits
-        ref = self._reference_logits(model, forget) if self.needs_forget_reference else None
-        forget_loss, extras = self.method.forget_term(logits, forget["labels"], ref, args)
-        del ref
+        retain = inputs.get(RETAIN) if args.retain_loss != "none" else None
+        forget_ref = retain_ref = None
+        with self._reference_on_device():
+            if self.needs_forget_reference:
+                forget_ref = self._reference(model, forget, self.method.reference_statistic)
+            if retain is not None and self.needs_retain_reference:
+                retain_ref = self._reference(model, retain, "rows")
+
+        # One forward pass over both sides: DDP and ZeRO expect one forward per backward.
+        batch = _concatenate([forget] if retain is None else [forget, retain])
+        rows = forget["input_ids"].size(0)
+        # split, not two slices: its backward concatenates the two sides' gradients into one buffer,
+        # where each slice's backward would allocate a zero-filled gradient of the whole batch.
+        split = [rows, batch["input_ids"].size(0) - rows]
+        all_logits = model(**_model_inputs(batch)).logits.split(split)
+        all_labels = batch["labels"].split(split)
+        logits, labels = all_logits[0], all_labels[0]
+        forget_loss, extras = self.method.forget_term(logits, labels, forget_ref, args)
         total = forget_loss * _weight(forget, window, FORGET, reduction_index, scale)
         terms = {"forget_loss": forget_loss, **extras}
 
-        if args.retain_loss != "none" and RETAIN in inputs:
-            retain = inputs[RETAIN]
-            retain_logits = model(**_model_inputs(retain)).logits
-            if args.retain_loss == "kl":
-                ref = self._reference_logits(model, retain)
-                retain_loss = losses.kl_retain_loss(retain_logits, ref, retain["labels"])
+        if retain is not None:
+            retain_logits, retain_labels = all_logits[1], all_labels[1]
+            if retain_ref is not None:
+                retain_loss = losses.kl_retain_loss(retain_logits, retain_ref, retain_labels)
             else:
-                retain_loss = losses.nll_loss(retain_logits, retain["labels"])
+                retain_loss = losses.nll_loss(retain_logits, retain_labels)
             total = total + args.retain_weight * retain_loss * _weight(retain, window, RETAIN, 0, scale)
             terms["retain_loss"] = retain_loss
 
@@ -155,6 +197,27 @@ def _weight(
     if window is None:
         return 1.0
     return _counts(batch)[index].to(window[side].device) * scale / window[side][index].clamp(min=1)
+
+
+_PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": losses.IGNORE_INDEX}
+
+
+def _concatenate(sides: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The sides stacked into one batch, each right-padded to the longest.
+
+    Right padding (attention mask 0, label -100) leaves the logits of every real position unchanged:
+    attention is causal and positions count from the left.
+    """
+    if len(sides) == 1:
+        return sides[0]
+    unknown = set(sides[0]) - set(_PAD_VALUES)
+    if unknown:
+        raise ValueError(f"cannot stack forget and retain batches with keys {sorted(unknown)}")
+    length = max(side["input_ids"].size(1) for side in sides)
+    return {
+        key: torch.cat([F.pad(side[key], (0, length - side[key].size(1)), value=pad) for side in sides])
+        for key, pad in _PAD_VALUES.items()
+    }
 
 
 def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

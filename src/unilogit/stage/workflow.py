@@ -56,8 +56,20 @@ def run_unlearn(
             "adapter_name_or_path: the reference model must be the starting model, but with LoRA it is the "
             "base with adapters disabled; merge the adapter first (llamafactory-cli export), then unlearn the merge"
         )
+    if unlearning_args.ref_offload and (finetuning_args.finetuning_type == "lora" or not needs_reference):
+        from llamafactory.extras import logging
+
+        logging.get_logger(__name__).warning_rank0(
+            "ref_offload has no effect: this run keeps no reference copy (LoRA disables the adapter instead, "
+            "or no term needs the reference)"
+        )
     # Under LoRA create_ref_model returns None and the trainer disables the adapter instead: no copy.
+    # Methods whose terms need no reference (GA, SimNPO, Unilogit with retain_loss nll) load none.
     ref_model = create_ref_model(model_args, finetuning_args) if needs_reference else None
+    if ref_model is not None and not training_args.deepspeed and model_args.quantization_bit is None:
+        # llamafactory loads the checkpoint's own dtype (often fp32); the frozen reference only runs
+        # forward passes, so it is kept in the compute dtype (DeepSpeed casts it itself).
+        ref_model.to(model_args.compute_dtype)
 
     collator = SFTDataCollatorWith4DAttentionMask(
         template=template,
