@@ -164,6 +164,7 @@ def test_unlearning_config_uses_the_cli_rules() -> None:
         "retain_weight": 1.0,
         "npo_beta": -5.0,  # not undial's knob: neither emitted nor checked
         "undial_gamma": 3.0,
+        "ref_offload": False,  # the default: left out of the run's keys
     }
     assert unlearning_config(values) == {
         "unlearn_method": "undial",
@@ -172,6 +173,7 @@ def test_unlearning_config_uses_the_cli_rules() -> None:
         "retain_weight": 1.0,
         "undial_gamma": 3.0,
     }
+    assert unlearning_config({**values, "ref_offload": True})["ref_offload"] is True
     with pytest.raises(ConfigError, match="unlearn_method: 'nope' is not valid"):
         unlearning_config({**values, "unlearn_method": "nope"})
     with pytest.raises(ConfigError, match="undial_gamma: -1.0 is out of range"):

@@ -89,6 +89,16 @@ PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
             "info": "reverse：KL(p_θ ‖ 目标)，论文设置；forward：KL(目标 ‖ p_θ)，消融实验。",
         },
     },
+    "ref_offload": {
+        "en": {
+            "label": "Offload the reference",
+            "info": "Full/freeze tuning without DeepSpeed: keep the frozen reference on the CPU between its forwards.",
+        },
+        "zh": {
+            "label": "参考模型卸载到 CPU",
+            "info": "全参/冻结微调且不使用 DeepSpeed 时：冻结的参考模型在两次前向之间留在 CPU 上。",
+        },
+    },
     "unlearn_bench": {
         "en": {"label": "Benchmark", "info": "The evaluator to run on this run's output folder."},
         "zh": {"label": "评测基准", "info": "在本次训练的输出目录上运行的评测。"},

@@ -48,6 +48,8 @@ def unlearning_config(values: Mapping[str, Any]) -> dict[str, Any]:
     config["retain_loss"] = values["retain_loss"]
     config["retain_weight"] = values["retain_weight"]
     config.update({key: values[key] for key in _own_knobs(method)})
+    if values["ref_offload"]:
+        config["ref_offload"] = True
     split_unlearning_args(dict(config))
     return config
 
@@ -92,6 +94,7 @@ def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
                 elems[key] = gr.Number(value=DEFAULTS[key], visible=key in own, **_kw(key))
             for key, options in (("unilogit_target", UNILOGIT_TARGETS), ("unilogit_divergence", DIVERGENCES)):
                 elems[key] = gr.Dropdown(choices=list(options), value=DEFAULTS[key], visible=key in own, **_kw(key))
+            elems["ref_offload"] = gr.Checkbox(value=DEFAULTS["ref_offload"], **_kw("ref_offload"))
         with gr.Row():
             first = next(iter(BENCHMARKS))
             elems["unlearn_bench"] = gr.Dropdown(choices=list(BENCHMARKS), value=first, **_kw("unlearn_bench"))
