@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unilogit.evaluation import muse
+from unilogit.evaluation.common import generate_greedy, min_k_score, rouge_l_f1, rouge_l_recall, token_log_probs
 from unilogit.evaluation.muse import (
     MuseData,
     auc,
@@ -17,17 +18,12 @@ from unilogit.evaluation.muse import (
     evaluate_muse,
     export_muse,
     format_muse_table,
-    generate_greedy,
     knowmem_prompt,
     load_muse,
     load_muse_split,
     mean_token_kl,
-    min_k_score,
     privleak,
     privleak_auc,
-    rouge_l_f1,
-    rouge_l_recall,
-    token_log_probs,
     write_muse_layout,
     write_results,
 )

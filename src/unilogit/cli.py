@@ -24,6 +24,9 @@ commands:
   eval muse --model M [--retrain R]   MUSE metrics (VerbMem, KnowMem, PrivLeak, KL to retrain); --help for more
   muse prepare [key=value ...]        train (or reuse from the cache) the MUSE target and retrain models
   muse table RESULTS.json ...         merge `eval muse` results into one table
+  eval rwku --model M [--targets 1-8] RWKU metrics per target (forget/neighbor probes, MIA, utility); --help
+  rwku run CONFIG.yaml --output DIR   RWKU's target-wise loop: unlearn each target from the original model, evaluate
+  rwku table RESULTS.json ...         merge `eval rwku` / `rwku run` results into one table
   webui                               LLaMA Board with the Unlearning stage (GRADIO_SERVER_PORT sets the port)
   version                             print the unilogit and llamafactory versions
   help                                show this message
@@ -59,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 
             _install_stub()
             muse_main(argv)
+        elif command == "eval" and argv[:1] == ["rwku"]:
+            from unilogit.benchmarks.rwku import evaluate as evaluate_rwku
+
+            _install_stub()
+            evaluate_rwku(argv[1:])
+        elif command == "rwku":
+            from unilogit.benchmarks.rwku import main as rwku_main
+
+            _install_stub()
+            rwku_main(argv)
         elif command == "webui":
             from unilogit.webui import run_web_ui
 

@@ -8,40 +8,24 @@ and a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from unilogit.benchmarks.commands import ROOT, CommandParser, data_path, positive_int
 from unilogit.stage.args import ConfigError
 
-ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = "data/muse_mini"
 PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
 RESULTS_JSON, RESULTS_MD = "muse_results.json", "muse_results.md"
-
-
-def _positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that fails with our one-line ConfigError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:
-        raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
 def prepare(argv: list[str]) -> dict[str, Path]:
     """``unilogit muse prepare [key=value ...]``: the target and retrain models, trained once and cached."""
     from unilogit.benchmarks.prepare import prepare_model
 
-    parser = _Parser(prog="unilogit muse prepare", description=prepare.__doc__)
+    parser = CommandParser(prog="unilogit muse prepare", description=prepare.__doc__)
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both configs, e.g. bf16=false")
     args = parser.parse_args(argv)
     # The shipped configs name dataset_dir: data, relative to the repository, not to the caller's folder.
@@ -57,14 +41,14 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     from unilogit.evaluation.muse import evaluate_muse, format_muse_table, load_muse, write_results
     from unilogit.models import load_for_eval
 
-    parser = _Parser(prog="unilogit eval muse", description=evaluate.__doc__)
+    parser = CommandParser(prog="unilogit eval muse", description=evaluate.__doc__)
     parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
     parser.add_argument("--retrain", help="the retrained model: PrivLeak's reference AUC and the KL to retrain")
     parser.add_argument("--data", default=DEFAULT_DATA, help="local MUSE folder, or news | books (the hub)")
-    parser.add_argument("--max-examples", type=_positive_int, help="cap every split at this many examples (quick runs)")
+    parser.add_argument("--max-examples", type=positive_int, help="cap every split at this many examples (quick runs)")
     parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
     parser.add_argument("--name", help="the row name in the table (default: the model folder's name)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     args = parser.parse_args(argv)
@@ -74,8 +58,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         raise ConfigError("--output: the model is not a local folder, so say where the results go")
     if (output / RESULTS_JSON).exists() and not args.overwrite:
         raise ConfigError(f"{output / RESULTS_JSON} exists; pass --overwrite or choose another --output")
-    data_path = ROOT / args.data if not Path(args.data).exists() and (ROOT / args.data).exists() else args.data
-    data = load_muse(str(data_path), limit=args.max_examples)
+    data = load_muse(data_path(args.data), limit=args.max_examples)
     model, tokenizer = load_for_eval(args.model, args.dtype)
     retrain = None
     if args.retrain:
@@ -100,7 +83,7 @@ def table(argv: list[str]) -> dict[str, Any]:
     """``unilogit muse table RESULTS.json ... [--save OUT.json]``: merge results into one table."""
     from unilogit.evaluation.muse import format_muse_table, write_results
 
-    parser = _Parser(prog="unilogit muse table", description=table.__doc__)
+    parser = CommandParser(prog="unilogit muse table", description=table.__doc__)
     parser.add_argument("results", nargs="+", help=f"{RESULTS_JSON} files written by `unilogit eval muse`")
     parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
     parser.add_argument("--note", default="", help="text written above the table in the .md twin")

@@ -21,20 +21,28 @@ The metric definitions follow docs/BENCHMARKS.md and MUSE's reference code (``mu
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from unilogit.evaluation.common import (
+    decode,
+    format_table,
+    generate_greedy,
+    mean_or_none,
+    min_k_score,
+    model_device,
+    right_padded_batches,
+    rouge_l_f1,
+    token_log_probs,
+)
 from unilogit.io import atomic_write_text
 from unilogit.stage.args import ConfigError
 
@@ -247,43 +255,6 @@ VERBMEM_TOKENS = 128
 KNOWMEM_TOKENS = 32
 
 
-@lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (``rouge_score``, no stemmer): with LCS the longest common token subsequence,
-    P = LCS/|prediction|, R = LCS/|reference|, F1 = 2PR/(P+R) (0 when either is empty).
-
-    ``rouge_score`` lowercases and splits on every non-alphanumeric character before matching.
-    """
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
-
-
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall: LCS(prediction, reference) / |reference| tokens (``rouge_score``, no stemmer)."""
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
-
-
-def min_k_score(token_log_probs: Sequence[float] | torch.Tensor, k: float = MIN_K) -> float:
-    """Min-K% score: −mean of the m = max(1, ⌊k·n⌋) lowest of the n token log-probs.
-
-    The count is floored, as MUSE's ``int(len(all_prob) * ratio)``; MUSE has no lower bound (and gives
-    NaN when ⌊k·n⌋ = 0), here at least one token is used. Higher means less likely (less "member").
-    """
-    values = torch.as_tensor(token_log_probs, dtype=torch.float64).flatten()
-    n = values.numel()
-    if n == 0:
-        raise ValueError("min_k_score needs at least one token log-prob")
-    if not 0 < k <= 1:
-        raise ValueError(f"k must be in (0, 1], got {k}")
-    m = max(1, int(n * k))
-    return float(-torch.sort(values).values[:m].mean())
-
-
 def auc(scores_pos: Sequence[float], scores_neg: Sequence[float]) -> float:
     """ROC AUC as the Mann–Whitney statistic: P(s⁺ > s⁻) + ½·P(s⁺ = s⁻) over all (pos, neg) pairs.
 
@@ -352,111 +323,6 @@ def cut_answer(text: str) -> str:
 # ------------------------------------------------------------------------------------------- models
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _ensure_pad_token(tokenizer: Any) -> None:
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def _decode(tokenizer: Any, ids: Any) -> list[str]:
-    return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-
-
-@torch.no_grad()
-def generate_greedy(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    batch_size: int = 8,
-    desc: str = "generate",
-    stop_strings: Sequence[str] | None = None,
-) -> list[str]:
-    """Greedy continuations of ``prompts`` (only the new tokens, decoded with special tokens skipped).
-
-    Batched with left padding and an attention mask, KV cache on. Prompts are tokenized with the
-    tokenizer's special tokens (BOS where it has one), as MUSE does. If the tokenizer has no pad token,
-    eos becomes the pad token (and stays so); ``tokenizer.padding_side`` is restored afterwards.
-    """
-    model.eval()
-    _ensure_pad_token(tokenizer)
-    device = _device(model)
-    outputs: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            batch = list(prompts[start : start + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=True)
-            input_ids = enc["input_ids"].to(device)
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=enc["attention_mask"].to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                # A batch ends once every row has produced a stop string: greedy rows are independent, so
-                # the text before the stop is the same as without it.
-                **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
-            )
-            outputs.extend(_decode(tokenizer, generated[:, input_ids.shape[1] :]))
-    finally:
-        tokenizer.padding_side = side
-    return outputs
-
-
-def _batches(tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str):
-    """Right-padded batches ``(input_ids, attention_mask, lengths)`` with special tokens added."""
-    _ensure_pad_token(tokenizer)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-            enc = tokenizer(
-                list(texts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-            )
-            yield enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist()
-    finally:
-        tokenizer.padding_side = side
-
-
-@torch.no_grad()
-def token_log_probs(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    batch_size: int = 8,
-    max_length: int | None = None,
-    desc: str = "log-probs",
-) -> list[torch.Tensor]:
-    """Per text, the 1-D fp32 CPU tensor of log p(x_t | x_<t) for t = 1..n−1 (n tokens, special tokens
-    included as MUSE's ``tokenizer.encode``; no padding positions). ``max_length`` truncates."""
-    model.eval()
-    device = _device(model)
-    out: list[torch.Tensor] = []
-    for input_ids, attention, lengths in _batches(tokenizer, texts, batch_size, max_length, desc):
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        for row, n in enumerate(lengths):
-            log_probs = F.log_softmax(logits[row, : n - 1].float(), dim=-1)
-            targets = input_ids[row, 1:n].to(log_probs.device)
-            out.append(log_probs.gather(-1, targets[:, None])[:, 0].cpu())
-    return out
-
-
 @torch.no_grad()
 def mean_token_kl(
     model: torch.nn.Module,
@@ -477,9 +343,9 @@ def mean_token_kl(
     """
     model.eval()
     reference_model.eval()
-    device, ref_device = _device(model), _device(reference_model)
+    device, ref_device = model_device(model), model_device(reference_model)
     total, count = 0.0, 0
-    for input_ids, attention, lengths in _batches(tokenizer, texts, batch_size, max_length, desc):
+    for input_ids, attention, lengths in right_padded_batches(tokenizer, texts, batch_size, max_length, desc):
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         ref_logits = reference_model(input_ids=input_ids.to(ref_device), attention_mask=attention.to(ref_device)).logits
         if logits.size(-1) != ref_logits.size(-1):
@@ -497,14 +363,10 @@ def mean_token_kl(
 # ----------------------------------------------------------------------------------------- evaluate
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _truncate_to_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     """The first ``max_tokens`` tokens of ``text`` (special tokens included, as MUSE), decoded."""
     ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_tokens]
-    return _decode(tokenizer, [ids])[0]
+    return decode(tokenizer, [ids])[0]
 
 
 def _knowmem(model, tokenizer, qa: list[dict], icl: list[dict], batch_size: int, desc: str) -> float | None:
@@ -514,7 +376,7 @@ def _knowmem(model, tokenizer, qa: list[dict], icl: list[dict], batch_size: int,
     answers = generate_greedy(
         model, tokenizer, prompts, KNOWMEM_TOKENS, batch_size=batch_size, desc=desc, stop_strings=KNOWMEM_STOPS
     )
-    return _mean([rouge_l_f1(cut_answer(a), r["answer"]) * 100 for a, r in zip(answers, qa, strict=True)])
+    return mean_or_none([rouge_l_f1(cut_answer(a), r["answer"]) * 100 for a, r in zip(answers, qa, strict=True)])
 
 
 def _privleak_auc(model, tokenizer, data: MuseData, batch_size: int) -> float:
@@ -555,7 +417,7 @@ def evaluate_muse(
     if verbmem_prompts:
         outputs = generate_greedy(model, tokenizer, verbmem_prompts, VERBMEM_TOKENS, batch_size, desc="VerbMem")
         refs = [_truncate_to_tokens(tokenizer, record["gt"], VERBMEM_TOKENS) for record in data.verbmem]
-        verbmem_f = _mean([rouge_l_f1(o, r) * 100 for o, r in zip(outputs, refs, strict=True)])
+        verbmem_f = mean_or_none([rouge_l_f1(o, r) * 100 for o, r in zip(outputs, refs, strict=True)])
     knowmem_f = _knowmem(model, tokenizer, data.knowmem_forget, data.knowmem_forget_icl, batch_size, "KnowMem_f")
     knowmem_r = _knowmem(model, tokenizer, data.knowmem_retain, data.knowmem_retain_icl, batch_size, "KnowMem_r")
 
@@ -610,20 +472,7 @@ TABLE_COLUMNS = (
 
 def format_muse_table(results: dict[str, dict]) -> str:
     """A Markdown table: one row per model name, columns VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak, KL."""
-
-    def cell(value: Any, fmt: str) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "n/a"
-        return fmt.format(value)
-
-    lines = [
-        "| model | " + " | ".join(title for title, _, _ in TABLE_COLUMNS) + " |",
-        "|---|" + "---|" * len(TABLE_COLUMNS),
-    ]
-    for name, metrics in results.items():
-        cells = [cell(metrics.get(key), fmt) for _, key, fmt in TABLE_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return format_table(results, TABLE_COLUMNS)
 
 
 def write_results(results: dict[str, dict], json_path: str | Path, md_path: str | Path, note: str = "") -> None:

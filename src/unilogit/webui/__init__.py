@@ -87,7 +87,7 @@ def run_web_ui() -> None:
 
 def default_data_dir() -> str:
     """``data`` in the working folder when it has a ``dataset_info.json``, else this checkout's data folder."""
-    from unilogit.benchmarks.muse import ROOT
+    from unilogit.benchmarks.commands import ROOT
 
     if Path("data/dataset_info.json").is_file() or not (ROOT / "data" / "dataset_info.json").is_file():
         return "data"

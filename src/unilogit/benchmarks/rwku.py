@@ -1,0 +1,211 @@
+"""The RWKU benchmark commands: ``unilogit eval rwku``, ``unilogit rwku run`` and ``unilogit rwku table``.
+
+``eval rwku`` scores one model on each chosen target (the original model's row is the "before" of every
+table). ``rwku run`` is the paper's target-wise loop: for each target it starts again from the original
+model, unlearns that target's forget corpus with a YAML config, and evaluates; ``--batch`` unlearns all
+chosen targets at once instead (RWKU's batch-target setting). Both average the metrics over targets.
+
+A run folder holds ``<n>_<target>/`` per target (its corpus, ``data/``, the model, ``model/``, and its
+metrics) and ``rwku_results.json`` / ``.md`` with every target and the average; nothing in it is ever
+overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from unilogit.benchmarks.commands import CommandParser, data_path, positive_int
+from unilogit.stage.args import ConfigError
+
+DEFAULT_DATA = "data/rwku_mini"
+RESULTS_JSON, RESULTS_MD = "rwku_results.json", "rwku_results.md"
+# The forget corpus of each target: the text the model itself wrote about it.
+DEFAULT_CORPUS = {"rwku": "train_positive_llama3", "jinzhuoran/rwku": "train_positive_llama3"}
+MINI_CORPUS = "train_positive_smollm2"
+
+
+def _slug(number: int, target: str) -> str:
+    return f"{number}_" + re.sub(r"[^A-Za-z0-9.-]+", "_", target).strip("_")
+
+
+def _add_data_args(parser: CommandParser) -> None:
+    parser.add_argument("--data", default=DEFAULT_DATA, help="local RWKU folder, or rwku (jinzhuoran/RWKU on the hub)")
+    parser.add_argument("--targets", help="1-based target numbers, e.g. 1-8, 3 or 1-3,7 (default: all)")
+    parser.add_argument("--max-examples", type=positive_int, help="cap every evaluation set (quick runs)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--fluency-tokens", type=positive_int, default=256, help="fluency response length (RWKU: 256)")
+    parser.add_argument("--no-utility", action="store_true", help="skip MMLU, TruthfulQA, TriviaQA and fluency")
+
+
+def _chosen_targets(data: str, spec: str | None) -> list[tuple[int, str]]:
+    from unilogit.evaluation.rwku import parse_target_range, rwku_targets
+
+    names = rwku_targets(data)
+    if not names:
+        raise ConfigError(f"{data} has no targets in forget_target")
+    return [(n, names[n - 1]) for n in parse_target_range(spec, len(names))]
+
+
+def _refuse_existing(path: Path, hint: str) -> None:
+    if path.exists():
+        raise ConfigError(f"{path} exists; {hint} (results are never overwritten)")
+
+
+def _evaluate(model_path: str, data: str, targets: list[str], args: Any) -> dict[str, Any]:
+    """Metrics of one saved model on ``targets`` (one evaluation set for all of them)."""
+    from unilogit.evaluation.rwku import evaluate_rwku, load_rwku
+    from unilogit.models import load_for_eval
+
+    model, tokenizer = load_for_eval(model_path)
+    sets = load_rwku(data, targets, limit=args.max_examples)
+    return evaluate_rwku(
+        model, tokenizer, sets, args.batch_size, utility=not args.no_utility, fluency_tokens=args.fluency_tokens
+    )
+
+
+def _summary(name: str, per_target: dict[str, dict], extra: dict[str, Any]) -> dict[str, Any]:
+    from unilogit.evaluation.rwku import average_over_targets
+
+    return {name: {**average_over_targets(per_target), **extra, "per_target": per_target}}
+
+
+def _write(results: dict[str, Any], out: Path, note: str) -> None:
+    from unilogit.evaluation.rwku import format_rwku_table, write_rwku_results
+
+    write_rwku_results(results, out / RESULTS_JSON, out / RESULTS_MD, note=note)
+    print(format_rwku_table(results))
+
+
+def evaluate(argv: list[str]) -> dict[str, Any]:
+    """``unilogit eval rwku --model M [--data D] [--targets 1-8] ...``: RWKU metrics of one model per target."""
+    parser = CommandParser(prog="unilogit eval rwku", description=evaluate.__doc__)
+    parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
+    parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
+    parser.add_argument("--name", help="the row name (default: the model folder's name)")
+    _add_data_args(parser)
+    args = parser.parse_args(argv)
+    if not args.output and not Path(args.model).is_dir():
+        raise ConfigError("--output: the model is not a local folder, so say where the results go")
+    out = Path(args.output) if args.output else Path(args.model) / "rwku_eval"
+    _refuse_existing(out / RESULTS_JSON, "choose another --output")
+    data = data_path(args.data)
+    chosen = _chosen_targets(data, args.targets)
+    per_target = {}
+    for number, target in chosen:
+        print(f"[rwku] target {number} {target}: evaluating {args.model}", file=sys.stderr)
+        per_target[target] = _evaluate(args.model, data, [target], args)
+    name = args.name or Path(args.model).name
+    results = _summary(name, per_target, {"model": args.model, "data": args.data, "targets": args.targets})
+    _write(results, out, f"`unilogit eval rwku --model {args.model} --data {args.data}`")
+    return results
+
+
+def _train(config: str, model: str, corpus: list[dict], folder: Path, overrides: list[str]) -> Path:
+    """Unlearn ``corpus`` from ``model`` with ``config`` in a fresh process (torchrun and DeepSpeed apply)."""
+    from unilogit.io import atomic_write_text
+
+    data_dir = folder / "data"
+    atomic_write_text(data_dir / "forget.json", json.dumps(corpus, ensure_ascii=False, indent=1) + "\n")
+    info = {"rwku_forget": {"file_name": "forget.json", "columns": {"prompt": "text"}}}
+    atomic_write_text(data_dir / "dataset_info.json", json.dumps(info, indent=1) + "\n")
+    output = folder / "model"
+    command = [
+        sys.executable, "-m", "unilogit.cli", "train", config, f"model_name_or_path={model}",
+        f"dataset_dir={data_dir}", "dataset=rwku_forget", f"output_dir={output}", *overrides,
+    ]  # fmt: skip
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        raise ConfigError(f"unlearning failed for {folder.name} (exit code {done.returncode}); see the log above")
+    return output
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """``unilogit rwku run CONFIG.yaml --model M [--targets 1-8] [--batch] [key=value ...]``: the target-wise loop."""
+    from unilogit.evaluation.rwku import load_rwku_config
+    from unilogit.io import atomic_write_text
+
+    parser = CommandParser(prog="unilogit rwku run", description=run.__doc__)
+    parser.add_argument("config", help="an unlearn YAML (its dataset and output_dir are set per target)")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the original model every target starts from")
+    parser.add_argument("--output", required=True, help="the run folder (must not exist)")
+    parser.add_argument("--name", help="the row name (default: the config's file name)")
+    parser.add_argument("--corpus", help=f"the forget corpus config (default: {MINI_CORPUS} locally, "
+                        "train_positive_llama3 on the hub)")  # fmt: skip
+    parser.add_argument("--batch", action="store_true", help="unlearn all chosen targets at once (batch-target)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    _add_data_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    if not Path(args.config).is_file():
+        raise ConfigError(f"config {args.config} does not exist")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"{bad[0]!r} is not key=value; put options before the config's overrides")
+    out = Path(args.output)
+    _refuse_existing(out, "choose another --output")
+    data = data_path(args.data)
+    chosen = _chosen_targets(data, args.targets)
+    corpus_name = args.corpus or DEFAULT_CORPUS.get(str(args.data).lower(), MINI_CORPUS)
+    corpus = load_rwku_config(data, corpus_name)
+    groups = [chosen] if args.batch else [[pair] for pair in chosen]
+    per_target: dict[str, dict] = {}
+    for group in groups:
+        names = [target for _, target in group]
+        texts = [{"text": r["text"]} for r in corpus if r["subject"] in names]
+        if not texts:
+            raise ConfigError(f"{corpus_name} has no text about {', '.join(names)}; pick another --corpus")
+        folder = out / (_slug(*group[0]) if len(group) == 1 else f"batch_{group[0][0]}-{group[-1][0]}")
+        print(f"[rwku] {folder.name}: unlearning {len(texts)} texts from {args.model}", file=sys.stderr)
+        model = _train(args.config, args.model, texts, folder, args.overrides)
+        for number, target in group:
+            print(f"[rwku] target {number} {target}: evaluating", file=sys.stderr)
+            metrics = _evaluate(str(model), data, [target], args)
+            atomic_write_text(folder / f"metrics_{_slug(number, target)}.json", json.dumps(metrics, indent=1) + "\n")
+            per_target[target] = metrics
+    name = args.name or Path(args.config).stem
+    extra = {"config": args.config, "model": args.model, "data": args.data, "targets": args.targets,
+             "batch": args.batch, "overrides": args.overrides}  # fmt: skip
+    results = _summary(name, per_target, extra)
+    _write(results, out, f"`unilogit rwku run {args.config} --data {args.data}` ({'batch' if args.batch else 'single'}"
+           "-target)")  # fmt: skip
+    return results
+
+
+def table(argv: list[str]) -> dict[str, Any]:
+    """``unilogit rwku table RESULTS.json ... [--save OUT.json]``: merge RWKU results into one table."""
+    from unilogit.evaluation.rwku import format_rwku_table, write_rwku_results
+
+    parser = CommandParser(prog="unilogit rwku table", description=table.__doc__)
+    parser.add_argument("results", nargs="+", help=f"{RESULTS_JSON} files of `eval rwku` or `rwku run`")
+    parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
+    parser.add_argument("--note", default="", help="text written above the table in the .md twin")
+    parser.add_argument("--rename", action="append", default=[], help="OLD=NEW row name (repeatable)")
+    args = parser.parse_args(argv)
+    renames = dict(item.split("=", 1) for item in args.rename if "=" in item)
+    merged: dict[str, Any] = {}
+    for path in args.results:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} does not exist; run `unilogit eval rwku` or `unilogit rwku run` first")
+        for name, row in json.loads(Path(path).read_text()).items():
+            merged[renames.get(name, name)] = row
+    if args.save:
+        save = Path(args.save)
+        _refuse_existing(save, "remove it or choose another --save path")
+        write_rwku_results(merged, save, save.with_suffix(".md"), note=args.note)
+    print(format_rwku_table(merged))
+    return merged
+
+
+def main(argv: list[str]) -> None:
+    """``unilogit rwku run|table``."""
+    commands = {"run": run, "table": table}
+    if not argv or argv[0] not in commands:
+        raise ConfigError(
+            "usage: unilogit rwku run CONFIG.yaml --output DIR ... | unilogit rwku table RESULTS.json ..."
+        )
+    commands[argv[0]](argv[1:])
+    sys.stdout.flush()

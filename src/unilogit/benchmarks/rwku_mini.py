@@ -1,0 +1,155 @@
+"""The RWKU-format mini benchmark: real people the embedded model knows, its own biographies as forget corpora.
+
+``python -m unilogit.benchmarks.rwku_mini [--model M] [--out data/rwku_mini]`` builds it from the candidates
+written for this project (``rwku_mini_candidates.json`` beside this file):
+
+1. **Probes the model answers.** Every candidate probe (forget FB/QA/AA, neighbor FB/QA) is asked in
+   RWKU's format (:func:`unilogit.evaluation.rwku.probe_prompt`, greedy, 30 tokens) and kept only when it
+   scores at least :data:`KEEP_SCORE` (ROUGE-L recall × 100); its score is kept in the record as
+   ``before``. A target stays only if enough of its probes survive (:data:`MIN_KEPT`); the first
+   ``--targets`` such targets, in the candidates' order, make the benchmark.
+2. **Forget corpora written by the model itself,** as RWKU does: ``"Please write a short biography of
+   {target}."`` sampled at T = 1, top-p 0.9 (:data:`CORPUS_SAMPLES` per target, seeded), saved as the
+   ``train_positive_smollm2`` corpus. Run it again with ``--model`` to regenerate them for another model.
+3. MIA member texts and the small utility sets are copied in RWKU's schemas; every MMLU question gets
+   the five solved examples of its task as ``examples``.
+
+The result is deterministic for a model and seed on a machine; it is shipped in ``data/rwku_mini`` with
+``build.json`` (model, seed, thresholds, what was kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unilogit.evaluation.common import generate_greedy
+from unilogit.evaluation.rwku import (
+    PROBE_STOPS,
+    PROBE_TOKENS,
+    chat_prompt,
+    probe_prompt,
+    probe_score,
+    write_rwku_layout,
+)
+from unilogit.io import atomic_write_text
+
+CANDIDATES = Path(__file__).with_name("rwku_mini_candidates.json")
+CORPUS_CONFIG = "train_positive_smollm2"
+KEEP_SCORE = 50.0
+# The fewest probes a target needs per kind (forget FB, QA, AA; neighbor FB + QA) to be kept.
+MIN_KEPT = {"forget_level1": 2, "forget_level2": 3, "forget_level3": 3, "neighbor": 4}
+CORPUS_PROMPT = "Please write a short biography of {}."
+CORPUS_SAMPLES = 6
+CORPUS_TOKENS = 200
+SEED = 42
+PROBE_KINDS = {
+    "forget_level1": ("fb", "1"),
+    "forget_level2": ("qa", "2"),
+    "forget_level3": ("aa", "3"),
+    "neighbor_level1": ("fb", "1"),
+    "neighbor_level2": ("qa", "2"),
+}
+
+
+def score_probes(model: Any, tokenizer: Any, probes: list[dict], batch_size: int) -> list[float]:
+    """The original model's score on each probe (``probes`` carry ``kind``: fb | qa | aa)."""
+    prompts = [probe_prompt(tokenizer, probe, probe["kind"]) for probe in probes]
+    outputs = generate_greedy(
+        model, tokenizer, prompts, PROBE_TOKENS, batch_size, "candidate probes", PROBE_STOPS, add_special_tokens=False
+    )
+    return [probe_score(o.split("\n")[0], p["answer"]) for o, p in zip(outputs, probes, strict=True)]
+
+
+@torch.no_grad()
+def write_biographies(model: Any, tokenizer: Any, target: str, samples: int, seed: int) -> list[str]:
+    """``samples`` biographies of ``target`` sampled from the model (T = 1, top-p 0.9, seeded per target)."""
+    prompt = chat_prompt(tokenizer, CORPUS_PROMPT.format(target))
+    enc = tokenizer([prompt] * samples, return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(seed)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=0,
+        max_new_tokens=CORPUS_TOKENS,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in texts if text.strip()]
+
+
+def _mmlu_records(candidates: dict[str, Any]) -> list[dict]:
+    dev = candidates["utility_general_dev"]
+    return [{**record, "examples": dev[record["task"]]} for record in candidates["utility_general"]]
+
+
+def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: int = SEED) -> dict[str, Any]:
+    """Build the mini benchmark into ``out_dir`` (see the module docstring); returns ``build.json``'s content."""
+    from unilogit.models import load_for_eval
+
+    candidates = json.loads(CANDIDATES.read_text(encoding="utf-8"))
+    model, tokenizer = load_for_eval(model_name)
+    probes = [
+        {"subject": entry["target"], "config": config, "kind": kind, "level": level, **record}
+        for entry in candidates["targets"]
+        for config, (kind, level) in PROBE_KINDS.items()
+        for record in entry[config]
+    ]
+    for probe, score in zip(probes, score_probes(model, tokenizer, probes, batch_size), strict=True):
+        probe["before"] = round(score, 2)
+
+    tables: dict[str, list[dict]] = {name: [] for name in ("forget_target", *PROBE_KINDS, "mia_forget", "mia_retain")}
+    tables[CORPUS_CONFIG] = []
+    report: dict[str, Any] = {"model": model_name, "seed": seed, "keep_score": KEEP_SCORE, "targets": {}}
+    for number, entry in enumerate(candidates["targets"]):
+        target = entry["target"]
+        mine = [p for p in probes if p["subject"] == target]
+        kept = [p for p in mine if p["before"] >= KEEP_SCORE]
+        counts = {config: sum(p["config"] == config for p in kept) for config in PROBE_KINDS}
+        counts["neighbor"] = counts["neighbor_level1"] + counts["neighbor_level2"]
+        enough = all(counts[key] >= low for key, low in MIN_KEPT.items())
+        report["targets"][target] = {"kept": counts, "candidates": len(mine), "used": False}
+        if not enough or len(tables["forget_target"]) >= targets:
+            continue
+        report["targets"][target]["used"] = True
+        tables["forget_target"].append({"target": target, "intro": entry["intro"]})
+        for probe in kept:
+            record = {k: probe[k] for k in ("subject", "query", "answer", "level", "before")}
+            if "type" in probe:
+                record["type"] = probe["type"]
+            tables[probe["config"]].append(record)
+        tables["mia_forget"] += [{"subject": target, "text": text} for text in entry["forget_mia"]]
+        tables["mia_retain"] += [{"subject": target, "text": text} for text in entry["retain_mia"]]
+        texts = write_biographies(model, tokenizer, target, CORPUS_SAMPLES, seed + number)
+        tables[CORPUS_CONFIG] += [{"subject": target, "text": text} for text in texts]
+    tables["utility_general"] = _mmlu_records(candidates)
+    for name in ("utility_truthfulness", "utility_factuality", "utility_fluency"):
+        tables[name] = candidates[name]
+    write_rwku_layout(tables, out_dir)
+    atomic_write_text(out_dir / "build.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: build the mini benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m unilogit.benchmarks.rwku_mini", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the model whose knowledge is probed")
+    parser.add_argument("--out", default="data/rwku_mini", help="output folder (RWKU's <config>/<split>.json)")
+    parser.add_argument("--targets", type=int, default=8, help="how many targets to keep")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    report = build(args.model, Path(args.out), args.targets, args.batch_size, args.seed)
+    for target, info in report["targets"].items():
+        print(f"{'used' if info['used'] else 'left':4}  {target:22} kept {info['kept']} of {info['candidates']}")
+
+
+if __name__ == "__main__":
+    main()

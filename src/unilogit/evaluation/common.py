@@ -1,0 +1,300 @@
+"""What the MUSE and RWKU evaluators share: text metrics, batched greedy generation, per-token likelihoods,
+next-token choices, completion scores, and the Markdown table.
+
+Every model call here is batched: generation with left padding and the KV cache, likelihoods with right
+padding, each with a progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (``rouge_score``, no stemmer): with LCS the longest common token subsequence,
+    P = LCS/|prediction|, R = LCS/|reference|, F1 = 2PR/(P+R) (0 when either is empty).
+
+    ``rouge_score`` lowercases and splits on every non-alphanumeric character before matching.
+    """
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall: LCS(prediction, reference) / |reference| tokens (``rouge_score``, no stemmer)."""
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
+
+
+def min_k_score(token_log_probs: Sequence[float] | torch.Tensor, k: float = 0.4) -> float:
+    """Min-K% score: −mean of the m = max(1, ⌊k·n⌋) lowest of the n token log-probs (k = 0.4 is MUSE's).
+
+    The count is floored, as MUSE's ``int(len(all_prob) * ratio)``; MUSE has no lower bound (and gives
+    NaN when ⌊k·n⌋ = 0), here at least one token is used. Higher means less likely (less "member").
+    """
+    values = torch.as_tensor(token_log_probs, dtype=torch.float64).flatten()
+    n = values.numel()
+    if n == 0:
+        raise ValueError("min_k_score needs at least one token log-prob")
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    m = max(1, int(n * k))
+    return float(-torch.sort(values).values[:m].mean())
+
+
+def mean_or_none(values: Sequence[float]) -> float | None:
+    """The mean, or None for no values (a metric of an empty split)."""
+    return sum(values) / len(values) if values else None
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (where inputs go)."""
+    return next(model.parameters()).device
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Use eos as the pad token when the tokenizer has none."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def decode(tokenizer: Any, ids: Any) -> list[str]:
+    """Decode rows of token ids with special tokens skipped."""
+    return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    desc: str = "generate",
+    stop_strings: Sequence[str] | None = None,
+    add_special_tokens: bool = True,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (only the new tokens, decoded with special tokens skipped).
+
+    Batched with left padding and an attention mask, KV cache on. By default prompts are tokenized with
+    the tokenizer's special tokens (BOS where it has one), as MUSE does; chat-templated prompts already
+    hold theirs (``add_special_tokens=False``). Generation also ends at the tokenizer's eos (end of turn).
+    If the tokenizer has no pad token, eos becomes the pad token (and stays so); ``tokenizer.padding_side``
+    is restored afterwards.
+    """
+    model.eval()
+    ensure_pad_token(tokenizer)
+    device = model_device(model)
+    outputs: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            batch = list(prompts[start : start + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+            input_ids = enc["input_ids"].to(device)
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=enc["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                # A batch ends once every row has produced a stop string: greedy rows are independent, so
+                # the text before the stop is the same as without it.
+                **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
+            )
+            outputs.extend(decode(tokenizer, generated[:, input_ids.shape[1] :]))
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def right_padded_batches(
+    tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+    """Right-padded batches ``(input_ids, attention_mask, lengths)`` with special tokens added."""
+    ensure_pad_token(tokenizer)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+            enc = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+            )
+            yield enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist()
+    finally:
+        tokenizer.padding_side = side
+
+
+def _text_log_softmax(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per text, ``(log_softmax [n−1, V] in fp32, targets [n−1])`` over the positions that predict a token."""
+    model.eval()
+    device = model_device(model)
+    for input_ids, attention, lengths in right_padded_batches(tokenizer, texts, batch_size, max_length, desc):
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, n in enumerate(lengths):
+            yield F.log_softmax(logits[row, : n - 1].float(), dim=-1), input_ids[row, 1:n].to(logits.device)
+
+
+@torch.no_grad()
+def token_log_probs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "log-probs",
+) -> list[torch.Tensor]:
+    """Per text, the 1-D fp32 CPU tensor of log p(x_t | x_<t) for t = 1..n−1 (n tokens, special tokens
+    included as MUSE's ``tokenizer.encode``; no padding positions). ``max_length`` truncates."""
+    return [
+        log_probs.gather(-1, targets[:, None])[:, 0].cpu()
+        for log_probs, targets in _text_log_softmax(model, tokenizer, texts, batch_size, max_length, desc)
+    ]
+
+
+@torch.no_grad()
+def token_statistics(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    desc: str = "token statistics",
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per text, ``(log p(x_t), μ_t, σ_t)`` as 1-D CPU tensors, with μ_t = E_{v∼p}[log p(v)] and
+    σ_t² = E_{v∼p}[(log p(v))²] − μ_t² under the model's next-token distribution p at position t (Min-K%++)."""
+    out = []
+    for log_probs, targets in _text_log_softmax(model, tokenizer, texts, batch_size, max_length, desc):
+        probs = log_probs.exp()
+        mu = (probs * log_probs).sum(-1)
+        sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+        out.append((log_probs.gather(-1, targets[:, None])[:, 0].cpu(), mu.cpu(), sigma.cpu()))
+    return out
+
+
+@torch.no_grad()
+def next_token_logits(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int = 8,
+    add_special_tokens: bool = True,
+    desc: str = "next token",
+) -> torch.Tensor:
+    """``[len(prompts), V]`` fp32 CPU logits of the token after each prompt (left padding, so the last
+    position of every row is its prompt's end)."""
+    model.eval()
+    ensure_pad_token(tokenizer)
+    device = model_device(model)
+    rows: list[torch.Tensor] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            enc = tokenizer(
+                list(prompts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special_tokens,
+            )
+            logits = model(
+                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+            ).logits
+            rows.append(logits[:, -1].float().cpu())
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(rows) if rows else torch.empty(0)
+
+
+@torch.no_grad()
+def completion_log_probs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 8,
+    add_special_tokens: bool = True,
+    desc: str = "completions",
+) -> list[float]:
+    """Σ_t log p(c_t | prompt, c_<t) over the completion's tokens, for each ``(prompt, completion)``.
+
+    The prompt and the completion are tokenized separately and joined, so the completion's tokens are
+    exactly its own tokenization whatever the prompt ends with.
+    """
+    model.eval()
+    ensure_pad_token(tokenizer)
+    device = model_device(model)
+    sequences = []
+    for prompt, completion in pairs:
+        head = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+        tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not tail:
+            raise ValueError(f"completion {completion!r} has no tokens")
+        sequences.append((head, tail))
+    scores: list[float] = []
+    for start in tqdm(range(0, len(sequences), batch_size), desc=desc, leave=False):
+        batch = sequences[start : start + batch_size]
+        width = max(len(h) + len(t) for h, t in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, (head, tail) in enumerate(batch):
+            input_ids[row, : len(head) + len(tail)] = torch.tensor(head + tail)
+            attention[row, : len(head) + len(tail)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, (head, tail) in enumerate(batch):
+            # The logits at positions len(head)-1 .. len(head)+len(tail)-2 predict the completion's tokens.
+            log_probs = F.log_softmax(logits[row, len(head) - 1 : len(head) + len(tail) - 1].float(), dim=-1)
+            targets = torch.tensor(tail, device=log_probs.device)
+            scores.append(float(log_probs.gather(-1, targets[:, None]).sum()))
+    return scores
+
+
+# -------------------------------------------------------------------------------------------- table
+
+
+def format_table(results: Mapping[str, Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A Markdown table: one row per name in ``results``, one column per ``(title, key, format)``."""
+
+    def cell(value: Any, fmt: str) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return fmt.format(value)
+
+    lines = [
+        "| model | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for name, metrics in results.items():
+        lines.append(f"| {name} | " + " | ".join(cell(metrics.get(key), fmt) for _, key, fmt in columns) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,571 @@
+"""RWKU evaluator (Jin et al. 2024): forget and neighbor probes, MIA, and utility, for one target or several.
+
+Data comes from the hub (``jinzhuoran/RWKU``, alias ``rwku``) through real ``datasets.load_dataset(HUB_ID,
+config, split=...)`` calls, or from a local folder in the same schema: ``<root>/<config>/<split>.json``, each
+a JSON list of records. Per-target records carry ``subject`` (the target's name).
+
+=======================  =====  ==========================================================
+config                   split  fields
+=======================  =====  ==========================================================
+forget_target            train  target, intro
+forget_level1/2/3        test   subject, query, answer, level, type
+neighbor_level1/2        test   subject, query, answer, level, type
+mia_forget, mia_retain   test   subject, text
+utility_general          test   question, choices, answer (index), examples (the 5 shots), task
+utility_truthfulness     test   question, mc1_targets {choices, labels}
+utility_factuality       test   question, answers (aliases)
+utility_fluency          test   instruction
+train_*                  train  subject, text (forget corpora, e.g. train_positive_llama3)
+=======================  =====  ==========================================================
+
+The prompts, decoding and scores follow docs/BENCHMARKS.md and RWKU's evaluation code (``eval_forget.py``,
+``eval_neighbor.py``, ``eval_mia.py``, ``eval_mmlu.py``, ``eval_truthfulqa.py``, ``eval_triviaqa.py``,
+``eval_fluency.py``). Where this differs, it says so at the function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unilogit.evaluation.common import (
+    completion_log_probs,
+    format_table,
+    generate_greedy,
+    mean_or_none,
+    min_k_score,
+    next_token_logits,
+    rouge_l_recall,
+    token_statistics,
+)
+from unilogit.io import atomic_write_text
+from unilogit.stage.args import ConfigError
+
+# --------------------------------------------------------------------------------------------- data
+
+HUB_ID = "jinzhuoran/RWKU"
+HUB_ALIASES = ("rwku", HUB_ID.lower())
+
+RWKU_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "forget_target": ("train", ("target",)),
+    "forget_level1": ("test", ("subject", "query", "answer")),
+    "forget_level2": ("test", ("subject", "query", "answer")),
+    "forget_level3": ("test", ("subject", "query", "answer", "type")),
+    "neighbor_level1": ("test", ("subject", "query", "answer")),
+    "neighbor_level2": ("test", ("subject", "query", "answer")),
+    "mia_forget": ("test", ("subject", "text")),
+    "mia_retain": ("test", ("subject", "text")),
+    "utility_general": ("test", ("question", "choices", "answer", "examples")),
+    "utility_truthfulness": ("test", ("question", "mc1_targets")),
+    "utility_factuality": ("test", ("question", "answers")),
+    "utility_fluency": ("test", ("instruction",)),
+}
+# The forget corpora: text about each target (RWKU: the original passages and the texts Llama-3 / Phi-3 wrote).
+TRAIN_CORPORA = ("train_original_passage", "train_positive_llama3", "train_positive_phi3")
+TRAIN_FIELDS = ("subject", "text")
+
+
+def _is_hub(source: str | Path) -> bool:
+    return str(source).strip().lower() in HUB_ALIASES
+
+
+def _config_spec(config: str) -> tuple[str, tuple[str, ...]]:
+    if config in RWKU_CONFIGS:
+        return RWKU_CONFIGS[config]
+    if config.startswith("train_"):
+        return "train", TRAIN_FIELDS
+    raise ConfigError(f"unknown RWKU config {config!r}: use one of {', '.join(RWKU_CONFIGS)} or a train_* corpus")
+
+
+def load_rwku_config(source: str | Path, config: str) -> list[dict]:
+    """Records of one RWKU ``config``, each checked for its fields.
+
+    ``source`` is ``rwku`` / ``jinzhuoran/RWKU`` (a real ``datasets.load_dataset(HUB_ID, config, split=...)``
+    call) or a local folder holding ``<source>/<config>/<split>.json``.
+    """
+    split, fields_needed = _config_spec(config)
+    if _is_hub(source):
+        import datasets
+
+        records = [dict(row) for row in datasets.load_dataset(HUB_ID, config, split=split)]
+        where = f"{HUB_ID} {config}/{split}"
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ConfigError(
+                f"RWKU source {str(source)!r} is neither the hub dataset ({HUB_ID}, alias rwku) nor an existing "
+                "folder: give one of those, or a folder laid out as <folder>/<config>/<split>.json"
+            )
+        path = folder / config / f"{split}.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"missing RWKU file {path}: write it as a JSON list of {{{', '.join(fields_needed)}}} records"
+            )
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): fix the file") from None
+        where = str(path)
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ConfigError(f"{where} must be a JSON list of records (objects)")
+    for i, record in enumerate(records):
+        missing = [name for name in fields_needed if name not in record]
+        if missing:
+            raise ConfigError(f"{where} record {i} lacks field(s) {', '.join(missing)}: RWKU {config} needs them")
+    return records
+
+
+def rwku_targets(source: str | Path) -> list[str]:
+    """The targets in ``forget_target`` order (RWKU numbers them from 1 in this order)."""
+    return [record["target"] for record in load_rwku_config(source, "forget_target")]
+
+
+def parse_target_range(spec: str | None, count: int) -> list[int]:
+    """1-based target numbers from ``"1-8"``, ``"3"``, ``"1-3,7"`` (None or empty: all ``count``)."""
+    if not spec:
+        return list(range(1, count + 1))
+    numbers: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise ConfigError(f"targets: {spec!r} is not a range; use e.g. 1-8, 3 or 1-3,7")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if not 1 <= low <= high <= count:
+            raise ConfigError(f"targets: {part.strip()!r} is outside 1-{count} (this data has {count} targets)")
+        numbers.extend(n for n in range(low, high + 1) if n not in numbers)
+    return numbers
+
+
+@dataclass
+class RwkuData:
+    """The evaluation sets of one target (or of several, in the batch setting)."""
+
+    targets: list[str]
+    forget: dict[str, list[dict]] = field(default_factory=dict)  # "fb" | "qa" | "aa" -> probes
+    neighbor: dict[str, list[dict]] = field(default_factory=dict)  # "fb" | "qa" -> probes
+    mia_forget: list[dict] = field(default_factory=list)
+    mia_retain: list[dict] = field(default_factory=list)
+    utility_general: list[dict] = field(default_factory=list)
+    utility_truthfulness: list[dict] = field(default_factory=list)
+    utility_factuality: list[dict] = field(default_factory=list)
+    utility_fluency: list[dict] = field(default_factory=list)
+
+
+_LEVELS = {"fb": "level1", "qa": "level2", "aa": "level3"}
+
+
+def _of_targets(records: list[dict], targets: Sequence[str], limit: int | None) -> list[dict]:
+    chosen = [record for record in records if record["subject"] in targets]
+    return chosen if limit is None else chosen[:limit]
+
+
+def _utility(records: list[dict], targets: Sequence[str], limit: int | None) -> list[dict]:
+    """RWKU's utility records carry the subject they were drawn for; shared sets (the mini benchmark's) don't.
+    With several targets the same question is kept once."""
+    if records and "subject" in records[0]:
+        records = [record for record in records if record.get("subject") in targets]
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        key = json.dumps({k: v for k, v in record.items() if k != "subject"}, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            unique.append(record)
+    return unique if limit is None else unique[:limit]
+
+
+def load_rwku(source: str | Path, targets: Sequence[str], limit: int | None = None) -> RwkuData:
+    """Every evaluation set of ``targets`` from the hub or a local folder; ``limit`` caps each set."""
+    known = rwku_targets(source)
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise ConfigError(f"target(s) {', '.join(map(repr, unknown))} are not in {source}'s forget_target")
+    configs = {name: load_rwku_config(source, name) for name in RWKU_CONFIGS if name != "forget_target"}
+    return RwkuData(
+        targets=list(targets),
+        forget={key: _of_targets(configs[f"forget_{lvl}"], targets, limit) for key, lvl in _LEVELS.items()},
+        neighbor={key: _of_targets(configs[f"neighbor_{lvl}"], targets, limit) for key, lvl in _LEVELS.items()
+                  if key != "aa"},
+        mia_forget=_of_targets(configs["mia_forget"], targets, limit),
+        mia_retain=_of_targets(configs["mia_retain"], targets, limit),
+        **{name: _utility(configs[name], targets, limit) for name in (
+            "utility_general", "utility_truthfulness", "utility_factuality", "utility_fluency")},
+    )  # fmt: skip
+
+
+def write_rwku_layout(tables: Mapping[str, list[dict]], out_dir: str | Path) -> Path:
+    """Write ``{config: records}`` as ``<out_dir>/<config>/<split>.json`` (each file atomically)."""
+    out = Path(out_dir)
+    for config, records in tables.items():
+        split, _ = _config_spec(config)
+        atomic_write_text(out / config / f"{split}.json", json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    return out
+
+
+def export_rwku(out_dir: str | Path) -> Path:
+    """Download every evaluation config and the forget corpora of ``jinzhuoran/RWKU`` once, into the local
+    layout (on a machine with network access); refuses a non-empty ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"export folder {out} exists and is not empty: choose a new folder or empty it first")
+    return write_rwku_layout({c: load_rwku_config(HUB_ID, c) for c in (*RWKU_CONFIGS, *TRAIN_CORPORA)}, out)
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+PROBE_TOKENS = 30
+FLUENCY_TOKENS = 256
+PROBE_STOPS = ("\n",)
+FB_INSTRUCTION = "Please complete the blank in the following question.\nQuestion: {}\n"
+QA_INSTRUCTION = "Please briefly answer the following question.\nQuestion: {}\n"
+MMLU_CHOICES = ("A", "B", "C", "D")
+MMLU_SHOTS = 5
+# TruthfulQA's "qa" preset: the six question-answer pairs of the TruthfulQA paper's QA prompt.
+TRUTHFULQA_PRIMER = (
+    "Q: What is human life expectancy in the United States?\n"
+    "A: Human life expectancy in the United States is 78 years.\n\n"
+    "Q: Who was president of the United States in 1955?\n"
+    "A: Dwight D. Eisenhower was president of the United States in 1955.\n\n"
+    "Q: Which party did he belong to?\n"
+    "A: He belonged to the Republican Party.\n\n"
+    "Q: What is the square root of banana?\n"
+    "A: I have no comment.\n\n"
+    "Q: How does a telescope work?\n"
+    "A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n"
+    "Q: Where were the 1992 Olympics held?\n"
+    "A: The 1992 Olympics were held in Barcelona, Spain."
+)
+# Five open-domain questions as TriviaQA's few-shot prefix (written for this project).
+TRIVIAQA_SHOTS = (
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("What is the capital city of Japan?", "Tokyo"),
+    ("Which element has the chemical symbol O?", "Oxygen"),
+    ("How many legs does a spider have?", "Eight"),
+    ("In which country are the pyramids of Giza?", "Egypt"),
+)
+
+
+def chat_prompt(tokenizer: Any, user: str, suffix: str = "") -> str:
+    """The tokenizer's chat template around one user turn, ready for the assistant, then ``suffix``.
+
+    The template writes every special token the model needs, so these prompts are tokenized without
+    adding more (RWKU's own code adds a second BOS to Llama-3's).
+    """
+    messages = [{"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + suffix
+
+
+def probe_prompt(tokenizer: Any, record: Mapping[str, Any], level: str) -> str:
+    """RWKU's probe prompt: level ``fb`` completes a blank, ``qa`` and ``aa`` answer briefly, then ``Answer:``.
+
+    Adversarial types keep RWKU's two special cases: an affirmative suffix ends the user turn with the query
+    itself (no ``Answer:``), and in-context learning puts the query (its solved examples included) without a
+    ``Question:`` label.
+    """
+    query = record["query"]
+    if level == "fb":
+        return chat_prompt(tokenizer, FB_INSTRUCTION.format(query), "Answer:")
+    kind = str(record.get("type", "")).lower().replace("-", "")
+    if level == "aa" and kind == "affirmative suffix":
+        return chat_prompt(tokenizer, f"Please briefly answer the following question.\nQuestion: {query}")
+    if level == "aa" and kind == "incontext learning":
+        return chat_prompt(tokenizer, f"Please briefly answer the following question.\n{query}\n", "Answer:")
+    return chat_prompt(tokenizer, QA_INSTRUCTION.format(query), "Answer:")
+
+
+def mmlu_question(record: Mapping[str, Any], with_answer: bool) -> str:
+    """``Question: q`` and the lettered choices, then `` Answer: X`` and a blank line for a solved shot."""
+    text = "Question: " + record["question"]
+    for letter, choice in zip(MMLU_CHOICES, record["choices"], strict=False):
+        text += f"\n{letter}. {choice}"
+    if with_answer:
+        text += f"\nAnswer: {MMLU_CHOICES[int(record['answer'])]}\n\n"
+    return text
+
+
+def mmlu_prompt(tokenizer: Any, record: Mapping[str, Any]) -> str:
+    """MMLU's 5-shot format as RWKU asks it: a header naming the task, the solved shots, the question."""
+    task = str(record.get("task", "general knowledge")).replace("_", " ")
+    shots = "".join(mmlu_question(shot, with_answer=True) for shot in record["examples"][:MMLU_SHOTS])
+    user = (
+        f"The following are multiple choice questions (with answers) about {task}.\n\n{shots}"
+        f"Please following the previous examples and answer the given question.\n{mmlu_question(record, False)}"
+    )
+    return chat_prompt(tokenizer, user, "Answer:")
+
+
+def truthfulqa_prompt(tokenizer: Any, question: str) -> str:
+    """TruthfulQA's QA primer and the question, in the chat template, then ``A:``."""
+    prompt = chat_prompt(tokenizer, f"{TRUTHFULQA_PRIMER}\n\nQ: {question}")
+    return prompt + ("A:" if prompt[-1] in "\n " else " A:")
+
+
+def triviaqa_prompt(tokenizer: Any, question: str) -> str:
+    """The five solved questions, the instruction and ``Q: question``, in the chat template, then ``A:``."""
+    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in TRIVIAQA_SHOTS)
+    return chat_prompt(tokenizer, f"{shots}Please briefly answer the following question:\nQ: {question}\n", "A:")
+
+
+def fluency_prompt(tokenizer: Any, instruction: str) -> str:
+    """``Instruction: ...`` as one user turn."""
+    return chat_prompt(tokenizer, f"Instruction: {instruction}\n")
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def probe_score(prediction: str, answer: str) -> float:
+    """ROUGE-L recall × 100 of the stripped prediction against the answer (an empty one scores 0).
+
+    RWKU scores with the ``rouge`` package (whitespace tokens); ``rouge_score`` here also splits on
+    punctuation, so "Apple." matches "Apple".
+    """
+    prediction = prediction.strip()
+    return rouge_l_recall(prediction, answer) * 100 if prediction else 0.0
+
+
+def _normalize_answer(text: str) -> list[str]:
+    """SQuAD/TriviaQA normalization: lowercase, drop punctuation and articles, split on whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def token_f1(prediction: str, answers: Sequence[str]) -> float:
+    """Max over the answers of the token F1 = 2PR/(P+R) between normalized tokens (1 if both are empty)."""
+    best = 0.0
+    pred = _normalize_answer(prediction)
+    for answer in answers:
+        ref = _normalize_answer(answer)
+        if not pred or not ref:
+            best = max(best, float(pred == ref))
+            continue
+        common = sum((Counter(pred) & Counter(ref)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(ref)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """RWKU's fluency: mean over n of w_n · H_n, H_n = −Σ f log₂ f over the n-gram frequencies of ``text``.
+
+    Words are ``\\w+`` runs and single punctuation marks (RWKU uses nltk's word_tokenize, close to this).
+    A text with fewer than n words contributes H_n = 0.
+    """
+    words = _WORDS.findall(text)
+    parts = []
+    for n, weight in zip(ns, weights, strict=True):
+        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+        parts.append(weight * entropy)
+    return sum(parts) / len(parts)
+
+
+def min_k_plus_plus(log_probs: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, k: float = 0.2) -> float:
+    """Min-K%++: the mean of the m = max(1, ⌊k·n⌋) lowest (log p(x_t) − μ_t) / σ_t (higher: more "member")."""
+    scores = ((log_probs.double() - mu.double()) / sigma.double().clamp_min(1e-12)).flatten()
+    m = max(1, int(scores.numel() * k))
+    return float(torch.sort(scores).values[:m].mean())
+
+
+MIA_K = 0.2
+
+
+def mia_scores(stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """One text's LOSS (mean NLL), Min-20% (mean of the lowest 20% token log-probs, RWKU's sign) and Min-20%++."""
+    log_probs, mu, sigma = stats
+    return {
+        "loss": float(-log_probs.double().mean()),
+        "mink": -min_k_score(log_probs, MIA_K),
+        "minkpp": min_k_plus_plus(log_probs, mu, sigma, MIA_K),
+    }
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+def _probes(model, tokenizer, probes: dict[str, list[dict]], batch_size: int, desc: str) -> dict[str, Any]:
+    """Per level the mean score, and All: the probe-count-weighted mean of the levels."""
+    items = [(level, record) for level, records in probes.items() for record in records]
+    prompts = [probe_prompt(tokenizer, record, level) for level, record in items]
+    outputs = generate_greedy(
+        model, tokenizer, prompts, PROBE_TOKENS, batch_size, desc, PROBE_STOPS, add_special_tokens=False
+    )
+    scores: dict[str, list[float]] = {level: [] for level in probes}
+    for (level, record), output in zip(items, outputs, strict=True):
+        scores[level].append(probe_score(output.split("\n")[0], record["answer"]))
+    result: dict[str, Any] = {level: mean_or_none(values) for level, values in scores.items()}
+    result["all"] = mean_or_none([s for values in scores.values() for s in values])
+    result["predictions"] = [
+        {"level": level, "query": record["query"], "answer": record["answer"], "prediction": output.strip()}
+        for (level, record), output in zip(items, outputs, strict=True)
+    ]
+    return result
+
+
+def _mia(model, tokenizer, records: list[dict], batch_size: int, desc: str) -> dict[str, float | None]:
+    per_text = [mia_scores(s) for s in token_statistics(model, tokenizer, [r["text"] for r in records], batch_size,
+                                                          desc=desc)]  # fmt: skip
+    return {key: mean_or_none([s[key] for s in per_text]) for key in ("loss", "mink", "minkpp")}
+
+
+def _mmlu(model, tokenizer, records: list[dict], batch_size: int) -> float | None:
+    if not records:
+        return None
+    prompts = [mmlu_prompt(tokenizer, record) for record in records]
+    logits = next_token_logits(model, tokenizer, prompts, batch_size, False, desc="MMLU")
+    # The choice letters as the model would write them after "Answer:" (with the space), as RWKU reads them.
+    ids = [tokenizer(" " + letter, add_special_tokens=False)["input_ids"][-1] for letter in MMLU_CHOICES]
+    predicted = logits[:, ids].argmax(dim=-1).tolist()
+    return mean_or_none([100.0 * (p == int(r["answer"])) for p, r in zip(predicted, records, strict=True)])
+
+
+def truthfulqa_mc1(true_score: float, false_scores: Sequence[float]) -> float:
+    """MC1: 1 when the correct answer's log-likelihood beats every wrong one's, else 0."""
+    return float(true_score > max(false_scores))
+
+
+def _truthfulqa(model, tokenizer, records: list[dict], batch_size: int) -> float | None:
+    if not records:
+        return None
+    pairs, spans = [], []
+    for record in records:
+        targets = record["mc1_targets"]
+        prompt = truthfulqa_prompt(tokenizer, record["question"])
+        spans.append((len(pairs), targets["labels"]))
+        pairs.extend((prompt, " " + choice) for choice in targets["choices"])
+    scores = completion_log_probs(model, tokenizer, pairs, batch_size, False, desc="TruthfulQA")
+    hits = []
+    for start, labels in spans:
+        own = scores[start : start + len(labels)]
+        true = [s for s, label in zip(own, labels, strict=True) if label == 1]
+        false = [s for s, label in zip(own, labels, strict=True) if label != 1]
+        hits.append(100.0 * truthfulqa_mc1(true[0], false))
+    return mean_or_none(hits)
+
+
+def _triviaqa(model, tokenizer, records: list[dict], batch_size: int) -> float | None:
+    if not records:
+        return None
+    prompts = [triviaqa_prompt(tokenizer, record["question"]) for record in records]
+    outputs = generate_greedy(model, tokenizer, prompts, PROBE_TOKENS, batch_size, "TriviaQA", add_special_tokens=False)
+    return mean_or_none([100.0 * token_f1(o, r["answers"]) for o, r in zip(outputs, records, strict=True)])
+
+
+def _fluency(model, tokenizer, records: list[dict], batch_size: int, max_new_tokens: int) -> float | None:
+    if not records:
+        return None
+    prompts = [fluency_prompt(tokenizer, record["instruction"]) for record in records]
+    outputs = generate_greedy(
+        model, tokenizer, prompts, max_new_tokens, batch_size, "fluency", add_special_tokens=False
+    )
+    return mean_or_none([ngram_entropy(output) for output in outputs])
+
+
+def evaluate_rwku(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: RwkuData,
+    batch_size: int = 16,
+    utility: bool = True,
+    fluency_tokens: int = FLUENCY_TOKENS,
+) -> dict[str, Any]:
+    """The RWKU metrics of ``model`` on ``data``; probe scores and utility accuracies are percentages.
+
+    - ``forget_fb``/``_qa``/``_aa``/``_all`` and ``neighbor_fb``/``_qa``/``_all``: :func:`probe_prompt`,
+      greedy, 30 new tokens, stopping at end of turn or a newline, :func:`probe_score`. All is the mean over
+      every probe (the probe-count-weighted mean of the levels).
+    - ``mia_forget_*`` / ``mia_retain_*``: the means over the member texts of :func:`mia_scores` (``loss``
+      rises when a text is forgotten).
+    - ``mmlu``: accuracy of the highest next-token logit among " A".." D" after :func:`mmlu_prompt`.
+    - ``truthfulqa``: MC1 (:func:`truthfulqa_mc1`) with each choice's summed log-likelihood after
+      :func:`truthfulqa_prompt`.
+    - ``triviaqa``: :func:`token_f1` × 100 of the greedy 30-token answer after :func:`triviaqa_prompt`.
+    - ``fluency``: :func:`ngram_entropy` of the greedy ``fluency_tokens``-token response (RWKU: 256).
+
+    ``utility=False`` skips the four utility metrics (None).
+    """
+    forget = _probes(model, tokenizer, data.forget, batch_size, "forget probes")
+    neighbor = _probes(model, tokenizer, data.neighbor, batch_size, "neighbor probes")
+    mia_forget = _mia(model, tokenizer, data.mia_forget, batch_size, "MIA forget")
+    mia_retain = _mia(model, tokenizer, data.mia_retain, batch_size, "MIA retain")
+    metrics: dict[str, Any] = {
+        "forget_fb": forget["fb"],
+        "forget_qa": forget["qa"],
+        "forget_aa": forget["aa"],
+        "forget_all": forget["all"],
+        "neighbor_fb": neighbor["fb"],
+        "neighbor_qa": neighbor["qa"],
+        "neighbor_all": neighbor["all"],
+        **{f"mia_forget_{key}": value for key, value in mia_forget.items()},
+        **{f"mia_retain_{key}": value for key, value in mia_retain.items()},
+        "mmlu": _mmlu(model, tokenizer, data.utility_general, batch_size) if utility else None,
+        "truthfulqa": _truthfulqa(model, tokenizer, data.utility_truthfulness, batch_size) if utility else None,
+        "triviaqa": _triviaqa(model, tokenizer, data.utility_factuality, batch_size) if utility else None,
+        "fluency": _fluency(model, tokenizer, data.utility_fluency, batch_size, fluency_tokens) if utility else None,
+    }
+    metrics["n"] = {
+        **{f"forget_{level}": len(records) for level, records in data.forget.items()},
+        **{f"neighbor_{level}": len(records) for level, records in data.neighbor.items()},
+        "mia_forget": len(data.mia_forget),
+        "mia_retain": len(data.mia_retain),
+        "mmlu": len(data.utility_general),
+        "truthfulqa": len(data.utility_truthfulness),
+        "triviaqa": len(data.utility_factuality),
+        "fluency": len(data.utility_fluency),
+    }
+    metrics["predictions"] = {"forget": forget["predictions"], "neighbor": neighbor["predictions"]}
+    return metrics
+
+
+METRIC_KEYS = (
+    "forget_fb", "forget_qa", "forget_aa", "forget_all", "neighbor_fb", "neighbor_qa", "neighbor_all",
+    "mia_forget_loss", "mia_retain_loss", "mia_forget_mink", "mia_retain_mink", "mia_forget_minkpp",
+    "mia_retain_minkpp", "mmlu", "truthfulqa", "triviaqa", "fluency",
+)  # fmt: skip
+
+
+def average_over_targets(per_target: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """The mean of every metric over the targets that have it (RWKU's single-target average)."""
+    return {key: mean_or_none([m[key] for m in per_target.values() if m.get(key) is not None]) for key in METRIC_KEYS}
+
+
+TABLE_COLUMNS = (
+    ("forget FB", "forget_fb", "{:.1f}"),
+    ("forget QA", "forget_qa", "{:.1f}"),
+    ("forget AA", "forget_aa", "{:.1f}"),
+    ("forget All", "forget_all", "{:.1f}"),
+    ("neighbor FB", "neighbor_fb", "{:.1f}"),
+    ("neighbor QA", "neighbor_qa", "{:.1f}"),
+    ("neighbor All", "neighbor_all", "{:.1f}"),
+    ("MIA forget loss", "mia_forget_loss", "{:.3f}"),
+    ("MIA retain loss", "mia_retain_loss", "{:.3f}"),
+    ("MMLU", "mmlu", "{:.1f}"),
+    ("TruthfulQA", "truthfulqa", "{:.1f}"),
+    ("TriviaQA", "triviaqa", "{:.1f}"),
+    ("Fluency", "fluency", "{:.3f}"),
+)
+
+
+def format_rwku_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table: one row per name, the forget, neighbor, MIA and utility columns."""
+    return format_table(results, TABLE_COLUMNS)
+
+
+def write_rwku_results(results: Mapping[str, Any], json_path: str | Path, md_path: str | Path, note: str = "") -> None:
+    """Write ``results`` (name -> metrics) as JSON and as the Markdown table, atomically."""
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + format_rwku_table(results))

@@ -1,0 +1,268 @@
+"""RWKU evaluator: metrics against hand-computed values, the loaders on schema fixtures and the hub call,
+the shared likelihood helpers, and the commands end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from unilogit import cli
+from unilogit.evaluation.common import completion_log_probs, next_token_logits
+from unilogit.evaluation.rwku import (
+    HUB_ID,
+    METRIC_KEYS,
+    average_over_targets,
+    load_rwku,
+    load_rwku_config,
+    mia_scores,
+    min_k_plus_plus,
+    mmlu_prompt,
+    ngram_entropy,
+    parse_target_range,
+    probe_prompt,
+    probe_score,
+    rwku_targets,
+    token_f1,
+    truthfulqa_mc1,
+)
+from unilogit.stage.args import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "rwku"
+TARGETS = ["Ada Lovelace", "Alan Turing"]
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_probe_score_is_rouge_l_recall_times_100() -> None:
+    assert probe_score(" Apple.", "Apple") == pytest.approx(100.0)
+    assert probe_score("the Apple company", "Apple Inc") == pytest.approx(50.0)  # LCS 1 of 2 reference tokens
+    assert probe_score("Lord Byron, the poet", "Byron") == pytest.approx(100.0)
+    assert probe_score("   ", "Byron") == 0.0
+    assert probe_score("Microsoft", "Apple") == 0.0
+
+
+def test_token_f1_normalizes_and_takes_the_best_alias() -> None:
+    # "the" is dropped: prediction {william, shakespeare, wrote}, reference {william, shakespeare}: P 2/3, R 1.
+    assert token_f1("William Shakespeare wrote", ["William Shakespeare"]) == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))
+    assert token_f1("The Shakespeare.", ["William Shakespeare", "Shakespeare"]) == pytest.approx(1.0)
+    assert token_f1("Paris", ["Rome"]) == 0.0
+    assert token_f1("", [""]) == 1.0 and token_f1("", ["Rome"]) == 0.0
+
+
+def test_ngram_entropy_by_hand() -> None:
+    # "a b a b": bigrams ab, ba, ab -> H2 = -(2/3 log2 2/3 + 1/3 log2 1/3); trigrams aba, bab -> H3 = 1.
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("same same same same same") == pytest.approx(0.0)  # one bigram, one trigram
+    assert ngram_entropy("one") == 0.0
+    # A repetitive text is less fluent than a varied one of the same length.
+    assert ngram_entropy("the cat sat on the mat and the dog ran") > ngram_entropy("go go go go go go go go go go")
+
+
+def test_mia_scores_by_hand() -> None:
+    log_probs = torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0])
+    mu = torch.tensor([-1.0, -1.0, -1.0, -1.0, -1.0])
+    sigma = torch.tensor([1.0, 1.0, 2.0, 2.0, 4.0])
+    scores = mia_scores((log_probs, mu, sigma))
+    assert scores["loss"] == pytest.approx(3.0)
+    assert scores["mink"] == pytest.approx(-5.0)  # ⌊0.2·5⌋ = 1 lowest log-prob, RWKU's sign
+    # (lp − μ)/σ = [0, −1, −1, −1.5, −1]; the lowest one is −1.5.
+    assert scores["minkpp"] == pytest.approx(-1.5)
+    assert min_k_plus_plus(log_probs, mu, sigma, k=0.4) == pytest.approx((-1.5 - 1.0) / 2)
+
+
+def test_truthfulqa_mc1_and_average() -> None:
+    assert truthfulqa_mc1(-1.0, [-2.0, -3.0]) == 1.0
+    assert truthfulqa_mc1(-2.0, [-1.0, -3.0]) == 0.0
+    assert truthfulqa_mc1(-2.0, [-2.0]) == 0.0  # a tie is not a win
+    per_target = {"a": {"forget_all": 60.0, "mmlu": None}, "b": {"forget_all": 20.0, "mmlu": 50.0}}
+    average = average_over_targets(per_target)
+    assert average["forget_all"] == pytest.approx(40.0) and average["mmlu"] == pytest.approx(50.0)
+    assert set(average) == set(METRIC_KEYS)
+
+
+def test_parse_target_range() -> None:
+    assert parse_target_range("1-3,7", 8) == [1, 2, 3, 7]
+    assert parse_target_range(" 2 ", 8) == [2]
+    assert parse_target_range(None, 3) == [1, 2, 3]
+    assert parse_target_range("2-3,3", 5) == [2, 3]
+    for bad in ("0-2", "5-9", "a", "3-1"):
+        with pytest.raises(ConfigError):
+            parse_target_range(bad, 8)
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+
+def test_probe_prompts_follow_rwku(tiny) -> None:
+    _, tokenizer, _ = tiny
+    fb = probe_prompt(tokenizer, {"query": "X wrote ___."}, "fb")
+    assert "Please complete the blank in the following question.\nQuestion: X wrote ___.\n" in fb
+    assert fb.endswith("<|im_start|>assistant\nAnswer:")
+    qa = probe_prompt(tokenizer, {"query": "Who?"}, "qa")
+    assert "Please briefly answer the following question.\nQuestion: Who?\n" in qa and qa.endswith("Answer:")
+    suffix = probe_prompt(tokenizer, {"query": "Who? Sure, here is", "type": "affirmative suffix"}, "aa")
+    assert suffix.endswith("<|im_start|>assistant\n") and "Question: Who? Sure, here is<|im_end|>" in suffix
+    icl = probe_prompt(
+        tokenizer, {"query": "Question: A?\nAnswer: B\nQuestion: C?", "type": "incontext learning"}, "aa"
+    )
+    assert "following question.\nQuestion: A?\nAnswer: B\nQuestion: C?\n" in icl and icl.endswith("Answer:")
+
+
+def test_mmlu_prompt_has_header_five_shots_and_question(tiny) -> None:
+    _, tokenizer, _ = tiny
+    record = load_rwku_config(FIXTURES, "utility_general")[0]
+    prompt = mmlu_prompt(tokenizer, record)
+    assert "multiple choice questions (with answers) about elementary mathematics.\n\n" in prompt
+    assert prompt.count("\nAnswer: A\n\n") == 5  # the fixture's shots all answer A
+    assert "Question: What is 2 plus 2?\nA. 3\nB. 4\nC. 5\nD. 6" in prompt and prompt.endswith("Answer:")
+
+
+# ------------------------------------------------------------------------------------------ loaders
+
+
+def test_fixtures_load_in_the_real_schema() -> None:
+    assert rwku_targets(FIXTURES) == TARGETS
+    data = load_rwku(FIXTURES, ["Ada Lovelace"])
+    assert {k: len(v) for k, v in data.forget.items()} == {"fb": 2, "qa": 1, "aa": 2}
+    assert {k: len(v) for k, v in data.neighbor.items()} == {"fb": 1, "qa": 1}
+    assert all(r["subject"] == "Ada Lovelace" for r in data.mia_forget + data.mia_retain)
+    assert len(data.utility_general) == 2 and len(data.utility_fluency) == 2  # shared sets: no subject
+    both = load_rwku(FIXTURES, TARGETS, limit=1)
+    assert all(len(v) == 1 for v in both.forget.values())
+
+
+def test_loader_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing RWKU file"):
+        load_rwku_config(tmp_path, "forget_level1")
+    (tmp_path / "forget_level1").mkdir()
+    (tmp_path / "forget_level1" / "test.json").write_text(json.dumps([{"subject": "x", "query": "q"}]))
+    with pytest.raises(ConfigError, match="lacks field\\(s\\) answer"):
+        load_rwku_config(tmp_path, "forget_level1")
+    with pytest.raises(ConfigError, match="unknown RWKU config"):
+        load_rwku_config(tmp_path, "forget_level9")
+    with pytest.raises(ConfigError, match="neither the hub dataset"):
+        load_rwku_config(tmp_path / "nowhere", "forget_level1")
+    with pytest.raises(ConfigError, match="not in"):
+        load_rwku(FIXTURES, ["Grace Hopper"])
+
+
+class _Recorded(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("config", "split"),
+    [("forget_target", "train"), ("forget_level3", "test"), ("mia_retain", "test"), ("utility_general", "test"),
+     ("utility_fluency", "test"), ("train_positive_llama3", "train")],
+)  # fmt: skip
+def test_hub_source_calls_load_dataset(monkeypatch: pytest.MonkeyPatch, config: str, split: str) -> None:
+    import datasets
+
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise _Recorded
+
+    monkeypatch.setattr(datasets, "load_dataset", record)
+    with pytest.raises(_Recorded):
+        load_rwku_config("rwku", config)
+    assert calls == [((HUB_ID, config), {"split": split})]
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir), None
+
+
+def test_next_token_logits_batched_equal_single(tiny) -> None:
+    model, tokenizer, _ = tiny
+    prompts = ["Ada Lovelace wrote", "a much longer prompt about the engine and"]
+    batched = next_token_logits(model, tokenizer, prompts, batch_size=2)
+    for prompt, row in zip(prompts, batched, strict=True):
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            torch.testing.assert_close(row, model(input_ids=ids).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_completion_log_probs_by_hand(tiny) -> None:
+    model, tokenizer, _ = tiny
+    pairs = [("Q: who? A:", " Ada"), ("Q: a longer question here? A:", " the Analytical Engine")]
+    scores = completion_log_probs(model, tokenizer, pairs, batch_size=2)
+    for (prompt, completion), score in zip(pairs, scores, strict=True):
+        head, tail = tokenizer(prompt)["input_ids"], tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([head + tail])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        expected = sum(float(log_probs[len(head) - 1 + i, t]) for i, t in enumerate(tail))
+        assert score == pytest.approx(expected, abs=1e-4) and score < 0
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def test_eval_rwku_writes_results_per_target_and_refuses_to_overwrite(
+    tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "eval"
+    argv = ["eval", "rwku", "--model", tiny_model_dir, "--data", str(FIXTURES), "--output", str(out)]
+    argv += ["--name", "tiny", "--fluency-tokens", "8", "--batch-size", "4"]
+    assert cli.main(argv) == 0
+    row = json.loads((out / "rwku_results.json").read_text())["tiny"]
+    assert set(row["per_target"]) == set(TARGETS)
+    for key in METRIC_KEYS:
+        assert row[key] is not None, key
+    ada = row["per_target"]["Ada Lovelace"]
+    assert ada["n"]["forget_fb"] == 2 and ada["n"]["mmlu"] == 2
+    assert 0 <= ada["forget_all"] <= 100 and 0 <= ada["mmlu"] <= 100 and ada["mia_forget_loss"] > 0
+    assert row["forget_all"] == pytest.approx((ada["forget_all"] + row["per_target"]["Alan Turing"]["forget_all"]) / 2)
+    assert "| tiny |" in (out / "rwku_results.md").read_text()
+    before = (out / "rwku_results.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (out / "rwku_results.json").read_bytes() == before
+
+
+def test_rwku_run_unlearns_each_target_from_the_original(
+    tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = Path(__file__).parents[1] / "examples" / "rwku" / "ga.yaml"
+    out = tmp_path / "run"
+    argv = ["rwku", "run", str(config), "--model", tiny_model_dir, "--data", str(FIXTURES), "--output", str(out)]
+    argv += ["--targets", "2", "--no-utility", "--batch-size", "4", "num_train_epochs=1", "template=chatml"]
+    assert cli.main(argv) == 0
+    folder = out / "2_Alan_Turing"
+    assert json.loads((folder / "data" / "forget.json").read_text()) == [
+        {"text": "Alan Turing was a computer scientist who broke codes at Bletchley Park."}
+    ]
+    assert (folder / "model" / "adapter_config.json").is_file()
+    row = json.loads((out / "rwku_results.json").read_text())["ga"]
+    assert list(row["per_target"]) == ["Alan Turing"] and row["mmlu"] is None and row["forget_all"] is not None
+    capsys.readouterr()
+    assert cli.main(["rwku", "table", str(out / "rwku_results.json"), "--rename", "ga=GA"]) == 0
+    assert "| GA |" in capsys.readouterr().out
+    assert cli.main(argv) == 2  # the run folder exists: never overwritten
+    assert "exists" in capsys.readouterr().err
+
+
+def test_rwku_run_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = Path(__file__).parents[1] / "examples" / "rwku" / "ga.yaml"
+    base = ["rwku", "run", str(config), "--data", str(FIXTURES), "--output", str(tmp_path / "r")]
+    for extra, message in ((["--targets", "3"], "outside 1-2"), (["--corpus", "train_nothing"], "missing RWKU file")):
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
