@@ -194,6 +194,24 @@ def test_evaluate_benchmark_command_and_error(tmp_path: Path) -> None:
     assert ok is False and text.startswith("unilogit: error: unilogit eval muse: argument --max-examples")
 
 
+def test_evaluate_runs_rwku_on_a_run_folder(tiny_model_dir: str, tmp_path: Path) -> None:
+    """RWKU has no retrained model; the Evaluate action shows the table its command wrote beside the model."""
+    import shutil
+
+    from unilogit.webui.evaluate import BENCHMARKS, run_benchmark
+
+    rwku = BENCHMARKS["RWKU"]
+    fixtures = str(Path(__file__).parent / "fixtures" / "rwku")
+    assert rwku.argv("saves/run", fixtures, "saves/retrain", "", overwrite=False) == [
+        "eval", "rwku", "--model", "saves/run", "--data", fixtures,
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run)
+    *_, (text, ok) = run_benchmark(rwku, rwku.argv(str(run), fixtures, None, "1", overwrite=False), str(run))
+    assert ok is True, text
+    assert "forget All" in text and "| run |" in text
+
+
 def test_chat_tab_loads_the_embedded_model_alias(
     ui: dict[str, Any], tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,14 +11,8 @@
 #   BF16           false (default) | true: bf16 mixed precision (GPUs, or CPUs with avx512_bf16) for unlearning and preparation
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-bash scripts/setup_env.sh
-CLI=.venv/bin/unilogit
-export TOKENIZERS_PARALLELISM=false
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 MUSE_DATA="${MUSE_DATA:-mini}"
-BF16="${BF16:-false}"
 
 case "$MUSE_DATA" in
   mini)  EVAL_DATA=data/muse_mini; FORGET=muse_mini_forget; RETAIN=muse_mini_retain ;;
@@ -33,14 +27,7 @@ esac
 EVAL_ARGS=(--data "$EVAL_DATA")
 [[ -n "${MAX_EXAMPLES:-}" ]] && EVAL_ARGS+=(--max-examples "$MAX_EXAMPLES")
 TRAIN_ARGS=(dataset="$FORGET" retain_dataset="$RETAIN" bf16="$BF16")
-case "${DEEPSPEED:-0}" in
-  0) ;;
-  1|z3) TRAIN_ARGS+=(deepspeed=examples/deepspeed/ds_z3_config.json) ;;
-  z2|z3_offload) TRAIN_ARGS+=(deepspeed="examples/deepspeed/ds_${DEEPSPEED}_config.json") ;;
-  *) echo "muse: error: DEEPSPEED=$DEEPSPEED; use 0, z3 (or 1), z3_offload or z2" >&2; exit 2 ;;
-esac
-[[ "${REF_OFFLOAD:-0}" == 1 ]] && TRAIN_ARGS+=(ref_offload=true)
-if [[ "${NGPUS:-1}" -gt 1 ]]; then export FORCE_TORCHRUN=1 NPROC_PER_NODE="$NGPUS"; fi
+add_scale_switches muse
 
 # Sets TARGET and RETRAIN: the given models, or the cached mini-benchmark ones (trained when missing).
 muse_prepare() {
@@ -55,7 +42,7 @@ muse_prepare() {
 
 # Cached evaluations are keyed by the evaluator's code and the local data's bytes as well as the data
 # name, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale cache.
-EVAL_KEY="$(cat src/unilogit/evaluation/muse.py $([[ -d "$EVAL_DATA" ]] && find "$EVAL_DATA" -type f | sort) \
+EVAL_KEY="$(cat src/unilogit/evaluation/muse.py src/unilogit/evaluation/common.py $([[ -d "$EVAL_DATA" ]] && find "$EVAL_DATA" -type f | sort) \
   | sha256sum | cut -c1-12)"
 
 # Where the evaluation of model $1 (named $2) is kept: beside a local model, else under saves/muse/evals.

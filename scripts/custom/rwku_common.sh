@@ -8,18 +8,13 @@
 #   CORPUS         the forget corpus config (default: train_positive_smollm2 for mini, train_positive_llama3 on the hub)
 #   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN)
 #   DEEPSPEED      0 (default) | z3 (or 1) | z3_offload | z2: DeepSpeed with examples/deepspeed/ds_<value>_config.json
+#   REF_OFFLOAD    1: full fine-tuning without DeepSpeed keeps the frozen reference model on the CPU between uses
 #   BF16           false (default) | true: bf16 mixed precision (GPUs, or CPUs with avx512_bf16)
 #   MAX_EXAMPLES   cap every evaluation set (quick runs)
 #   RUN_DIR        the run folder (default saves/rwku/<method>-<data>-<time>; never reused)
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-bash scripts/setup_env.sh
-CLI=.venv/bin/unilogit
-export TOKENIZERS_PARALLELISM=false
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RWKU_DATA="${RWKU_DATA:-mini}"
 MODEL="${MODEL:-smollm2-135m-instruct}"
-BF16="${BF16:-false}"
 case "$RWKU_DATA" in
   mini) EVAL_DATA=data/rwku_mini ;;
   hub)  EVAL_DATA=rwku ;;
@@ -33,13 +28,7 @@ RUN_ARGS=(--model "$MODEL")
 [[ "${BATCH:-0}" == 1 ]] && RUN_ARGS+=(--batch)
 [[ -n "${CORPUS:-}" ]] && RUN_ARGS+=(--corpus "$CORPUS")
 TRAIN_ARGS=(bf16="$BF16")
-case "${DEEPSPEED:-0}" in
-  0) ;;
-  1|z3) TRAIN_ARGS+=(deepspeed=examples/deepspeed/ds_z3_config.json) ;;
-  z2|z3_offload) TRAIN_ARGS+=(deepspeed="examples/deepspeed/ds_${DEEPSPEED}_config.json") ;;
-  *) echo "rwku: error: DEEPSPEED=$DEEPSPEED; use 0, z3 (or 1), z3_offload or z2" >&2; exit 2 ;;
-esac
-if [[ "${NGPUS:-1}" -gt 1 ]]; then export FORCE_TORCHRUN=1 NPROC_PER_NODE="$NGPUS"; fi
+add_scale_switches rwku
 
 # Cached "before" evaluations are keyed by the evaluator's code, the local data's bytes, the model and the
 # target range, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale cache.

@@ -56,16 +56,26 @@ def _refuse_existing(path: Path, hint: str) -> None:
         raise ConfigError(f"{path} exists; {hint} (results are never overwritten)")
 
 
-def _evaluate(model_path: str, data: str, targets: list[str], args: Any) -> dict[str, Any]:
-    """Metrics of one saved model on ``targets`` (one evaluation set for all of them)."""
-    from unilogit.evaluation.rwku import evaluate_rwku, load_rwku
+def _evaluate(model_path: str, data: str, groups: list[list[str]], args: Any) -> dict[str, dict]:
+    """Metrics of one saved model on each group of targets, by target. Utility does not depend on the target,
+    so it is scored once per distinct set of utility data (once for the mini benchmark's shared sets)."""
+    from unilogit.evaluation.rwku import evaluate_rwku, load_rwku, utility_key, utility_metrics
     from unilogit.models import load_for_eval
 
     model, tokenizer = load_for_eval(model_path)
-    sets = load_rwku(data, targets, limit=args.max_examples)
-    return evaluate_rwku(
-        model, tokenizer, sets, args.batch_size, utility=not args.no_utility, fluency_tokens=args.fluency_tokens
-    )
+    scored: dict[str, dict] = {}
+    per_target: dict[str, dict] = {}
+    for targets in groups:
+        print(f"[rwku] evaluating {model_path} on {', '.join(targets)}", file=sys.stderr)
+        sets = load_rwku(data, targets, limit=args.max_examples)
+        metrics = evaluate_rwku(model, tokenizer, sets, args.batch_size, utility=False)
+        if not args.no_utility:
+            key = utility_key(sets)
+            if key not in scored:
+                scored[key] = utility_metrics(model, tokenizer, sets, args.batch_size, args.fluency_tokens)
+            metrics.update(scored[key])
+        per_target.update(dict.fromkeys(targets, metrics))
+    return per_target
 
 
 def _summary(name: str, per_target: dict[str, dict], extra: dict[str, Any]) -> dict[str, Any]:
@@ -87,18 +97,17 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
     parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
     parser.add_argument("--name", help="the row name (default: the model folder's name)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     _add_data_args(parser)
     args = parser.parse_args(argv)
     if not args.output and not Path(args.model).is_dir():
         raise ConfigError("--output: the model is not a local folder, so say where the results go")
     out = Path(args.output) if args.output else Path(args.model) / "rwku_eval"
-    _refuse_existing(out / RESULTS_JSON, "choose another --output")
+    if not args.overwrite:
+        _refuse_existing(out / RESULTS_JSON, "pass --overwrite or choose another --output")
     data = data_path(args.data)
     chosen = _chosen_targets(data, args.targets)
-    per_target = {}
-    for number, target in chosen:
-        print(f"[rwku] target {number} {target}: evaluating {args.model}", file=sys.stderr)
-        per_target[target] = _evaluate(args.model, data, [target], args)
+    per_target = _evaluate(args.model, data, [[target] for _, target in chosen], args)
     name = args.name or Path(args.model).name
     results = _summary(name, per_target, {"model": args.model, "data": args.data, "targets": args.targets})
     _write(results, out, f"`unilogit eval rwku --model {args.model} --data {args.data}`")
@@ -161,11 +170,9 @@ def run(argv: list[str]) -> dict[str, Any]:
         folder = out / (_slug(*group[0]) if len(group) == 1 else f"batch_{group[0][0]}-{group[-1][0]}")
         print(f"[rwku] {folder.name}: unlearning {len(texts)} texts from {args.model}", file=sys.stderr)
         model = _train(args.config, args.model, texts, folder, args.overrides)
-        for number, target in group:
-            print(f"[rwku] target {number} {target}: evaluating", file=sys.stderr)
-            metrics = _evaluate(str(model), data, [target], args)
-            atomic_write_text(folder / f"metrics_{_slug(number, target)}.json", json.dumps(metrics, indent=1) + "\n")
-            per_target[target] = metrics
+        mine = _evaluate(str(model), data, [[name] for name in names], args)
+        atomic_write_text(folder / "metrics.json", json.dumps(mine, indent=1) + "\n")
+        per_target.update(mine)
     name = args.name or Path(args.config).stem
     extra = {"config": args.config, "model": args.model, "data": args.data, "targets": args.targets,
              "batch": args.batch, "overrides": args.overrides}  # fmt: skip

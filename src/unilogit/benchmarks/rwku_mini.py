@@ -11,8 +11,8 @@ written for this project (``rwku_mini_candidates.json`` beside this file):
 2. **Forget corpora written by the model itself,** as RWKU does: ``"Please write a short biography of
    {target}."`` sampled at T = 1, top-p 0.9 (:data:`CORPUS_SAMPLES` per target, seeded), saved as the
    ``train_positive_smollm2`` corpus. Run it again with ``--model`` to regenerate them for another model.
-3. MIA member texts and the small utility sets are copied in RWKU's schemas; every MMLU question gets
-   the five solved examples of its task as ``examples``.
+3. MIA member texts and the small utility sets (:func:`utility_tables`) are copied in RWKU's schemas;
+   every MMLU question gets the five solved examples of its task as ``examples``.
 
 The result is deterministic for a model and seed on a machine; it is shipped in ``data/rwku_mini`` with
 ``build.json`` (model, seed, thresholds, what was kept).
@@ -43,6 +43,9 @@ CORPUS_CONFIG = "train_positive_smollm2"
 KEEP_SCORE = 50.0
 # The fewest probes a target needs per kind (forget FB, QA, AA; neighbor FB + QA) to be kept.
 MIN_KEPT = {"forget_level1": 2, "forget_level2": 3, "forget_level3": 3, "neighbor": 4}
+# Utility is scored again after every target's unlearning, so the sets are kept small enough for the whole
+# mini run to fit the CPU budget: MMLU questions per task, and the size of the other three.
+UTILITY_SIZES = {"mmlu_per_task": 4, "utility_truthfulness": 10, "utility_factuality": 12, "utility_fluency": 4}
 CORPUS_PROMPT = "Please write a short biography of {}."
 CORPUS_SAMPLES = 6
 CORPUS_TOKENS = 200
@@ -85,9 +88,19 @@ def write_biographies(model: Any, tokenizer: Any, target: str, samples: int, see
     return [text.strip() for text in texts if text.strip()]
 
 
-def _mmlu_records(candidates: dict[str, Any]) -> list[dict]:
-    dev = candidates["utility_general_dev"]
-    return [{**record, "examples": dev[record["task"]]} for record in candidates["utility_general"]]
+def utility_tables(candidates: dict[str, Any]) -> dict[str, list[dict]]:
+    """The utility sets: the first :data:`UTILITY_SIZES` candidates of each, every MMLU question with the five
+    solved examples of its task."""
+    dev, per_task = candidates["utility_general_dev"], UTILITY_SIZES["mmlu_per_task"]
+    mmlu = [
+        {**record, "examples": dev[record["task"]]}
+        for task in dev
+        for record in [r for r in candidates["utility_general"] if r["task"] == task][:per_task]
+    ]
+    tables = {"utility_general": mmlu}
+    for name in ("utility_truthfulness", "utility_factuality", "utility_fluency"):
+        tables[name] = candidates[name][: UTILITY_SIZES[name]]
+    return tables
 
 
 def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: int = SEED) -> dict[str, Any]:
@@ -129,9 +142,7 @@ def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: i
         tables["mia_retain"] += [{"subject": target, "text": text} for text in entry["retain_mia"]]
         texts = write_biographies(model, tokenizer, target, CORPUS_SAMPLES, seed + number)
         tables[CORPUS_CONFIG] += [{"subject": target, "text": text} for text in texts]
-    tables["utility_general"] = _mmlu_records(candidates)
-    for name in ("utility_truthfulness", "utility_factuality", "utility_fluency"):
-        tables[name] = candidates[name]
+    tables.update(utility_tables(candidates))
     write_rwku_layout(tables, out_dir)
     atomic_write_text(out_dir / "build.json", json.dumps(report, indent=1) + "\n")
     return report

@@ -97,7 +97,7 @@ def generate_greedy(
 
     Batched with left padding and an attention mask, KV cache on. By default prompts are tokenized with
     the tokenizer's special tokens (BOS where it has one), as MUSE does; chat-templated prompts already
-    hold theirs (``add_special_tokens=False``). Generation also ends at the tokenizer's eos (end of turn).
+    hold theirs (``add_special_tokens=False``). A row also ends at the model's eos (the end of turn).
     If the tokenizer has no pad token, eos becomes the pad token (and stays so); ``tokenizer.padding_side``
     is restored afterwards.
     """
@@ -119,7 +119,6 @@ def generate_greedy(
                 do_sample=False,
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
                 temperature=None,
                 top_p=None,
                 top_k=None,

@@ -475,6 +475,27 @@ def _fluency(model, tokenizer, records: list[dict], batch_size: int, max_new_tok
     return mean_or_none([ngram_entropy(output) for output in outputs])
 
 
+UTILITY_KEYS = ("mmlu", "truthfulqa", "triviaqa", "fluency")
+
+
+def utility_metrics(
+    model: torch.nn.Module, tokenizer: Any, data: RwkuData, batch_size: int = 16, fluency_tokens: int = FLUENCY_TOKENS
+) -> dict[str, float | None]:
+    """MMLU, TruthfulQA MC1, TriviaQA F1 and fluency of ``model`` (see :func:`evaluate_rwku`)."""
+    return {
+        "mmlu": _mmlu(model, tokenizer, data.utility_general, batch_size),
+        "truthfulqa": _truthfulqa(model, tokenizer, data.utility_truthfulness, batch_size),
+        "triviaqa": _triviaqa(model, tokenizer, data.utility_factuality, batch_size),
+        "fluency": _fluency(model, tokenizer, data.utility_fluency, batch_size, fluency_tokens),
+    }
+
+
+def utility_key(data: RwkuData) -> str:
+    """Identifies the utility sets, so that one model's utility is scored once for targets that share them."""
+    sets = (data.utility_general, data.utility_truthfulness, data.utility_factuality, data.utility_fluency)
+    return json.dumps(sets, sort_keys=True, default=str)
+
+
 def evaluate_rwku(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -512,10 +533,11 @@ def evaluate_rwku(
         "neighbor_all": neighbor["all"],
         **{f"mia_forget_{key}": value for key, value in mia_forget.items()},
         **{f"mia_retain_{key}": value for key, value in mia_retain.items()},
-        "mmlu": _mmlu(model, tokenizer, data.utility_general, batch_size) if utility else None,
-        "truthfulqa": _truthfulqa(model, tokenizer, data.utility_truthfulness, batch_size) if utility else None,
-        "triviaqa": _triviaqa(model, tokenizer, data.utility_factuality, batch_size) if utility else None,
-        "fluency": _fluency(model, tokenizer, data.utility_fluency, batch_size, fluency_tokens) if utility else None,
+        **(
+            utility_metrics(model, tokenizer, data, batch_size, fluency_tokens)
+            if utility
+            else dict.fromkeys(UTILITY_KEYS)
+        ),
     }
     metrics["n"] = {
         **{f"forget_{level}": len(records) for level, records in data.forget.items()},

@@ -1,9 +1,8 @@
 """The Evaluate action: run a benchmark's ``unilogit eval`` command on a run's output folder.
 
 Each benchmark is one :class:`Benchmark` entry in :data:`BENCHMARKS`; the panel's dropdown lists
-them. Adding an evaluator whose command follows the same flags (``--model``, ``--data``,
-``--max-examples``, ``--overwrite``) is one more entry, e.g.
-``"RWKU": Benchmark("rwku", "data/rwku_mini", "rwku_eval/rwku_results.md", takes_retrain=False)``.
+them. An evaluator whose command follows the same flags (``--model``, ``--data``, ``--max-examples``,
+``--overwrite``) is one more entry.
 """
 
 from __future__ import annotations
@@ -41,6 +40,8 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "MUSE": Benchmark("muse", "data/muse_mini", "muse_eval/muse_results.md"),
+    # RWKU is zero-shot: there is no retrained model to compare with.
+    "RWKU": Benchmark("rwku", "data/rwku_mini", "rwku_eval/rwku_results.md", takes_retrain=False),
 }
 
 _REFRESH_S = 1.0
