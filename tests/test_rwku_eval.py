@@ -249,6 +249,8 @@ def test_rwku_run_unlearns_each_target_from_the_original(
     assert json.loads((folder / "data" / "forget.json").read_text()) == [
         {"text": "Alan Turing was a computer scientist who broke codes at Bletchley Park."}
     ]
+    # ga.yaml has a KL retain term: the general texts are its retain set.
+    assert len(json.loads((folder / "data" / "retain.json").read_text())) == 2
     assert (folder / "model" / "adapter_config.json").is_file()
     row = json.loads((out / "rwku_results.json").read_text())["ga"]
     assert list(row["per_target"]) == ["Alan Turing"] and row["mmlu"] is None and row["forget_all"] is not None
@@ -262,7 +264,12 @@ def test_rwku_run_unlearns_each_target_from_the_original(
 def test_rwku_run_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = Path(__file__).parents[1] / "examples" / "rwku" / "ga.yaml"
     base = ["rwku", "run", str(config), "--data", str(FIXTURES), "--output", str(tmp_path / "r")]
-    for extra, message in ((["--targets", "3"], "outside 1-2"), (["--corpus", "train_nothing"], "missing RWKU file")):
+    cases = (
+        (["--targets", "3"], "outside 1-2"),
+        (["--corpus", "train_nothing"], "missing RWKU file"),
+        (["--data", "rwku", "--targets", "1"], "retain_loss needs a retain set"),
+    )
+    for extra, message in cases:
         assert cli.main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

@@ -21,6 +21,8 @@ USAGE = """usage: unilogit <command> [args]
 commands:
   train CONFIG.yaml [key=value ...]   train; `stage: unlearn` runs unlearning, other stages go to llamafactory
   report OUTPUT_DIR [--overwrite]     forget/retain NLL of an unlearn run vs its initial model, as a table
+  sweep SWEEP.yaml [--jobs N] [--quick] hyperparameter sweep, resumable, N points at once; writes sweep.csv/.md
+  report SWEEP_DIR                    Pareto plots, KL figure and best point per method of a sweep (has sweep.json)
   eval muse --model M [--retrain R]   MUSE metrics (VerbMem, KnowMem, PrivLeak, KL to retrain); --help for more
   muse prepare [key=value ...]        train (or reuse from the cache) the MUSE target and retrain models
   muse table RESULTS.json ...         merge `eval muse` results into one table
@@ -50,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
             print(_version())
         elif command == "train":
             train(argv)
+        elif command == "sweep":
+            from unilogit.sweep.runner import main as sweep_main
+
+            _install_stub()
+            return sweep_main(argv)
+        elif command == "report" and len(argv) == 1 and (Path(argv[0]) / "sweep.json").is_file():
+            from unilogit.sweep.report import main as sweep_report
+
+            sweep_report(argv)
         elif command == "report":
             _report(argv)
         elif command == "eval" and argv[:1] == ["muse"]:

@@ -27,6 +27,8 @@ RESULTS_JSON, RESULTS_MD = "rwku_results.json", "rwku_results.md"
 # The forget corpus of each target: the text the model itself wrote about it.
 DEFAULT_CORPUS = {"rwku": "train_positive_llama3", "jinzhuoran/rwku": "train_positive_llama3"}
 MINI_CORPUS = "train_positive_smollm2"
+# General text the model wrote itself, about no target: the retain set of methods with a retain term.
+MINI_RETAIN = "train_retain_smollm2"
 
 
 def _slug(number: int, target: str) -> str:
@@ -114,23 +116,44 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     return results
 
 
-def _train(config: str, model: str, corpus: list[dict], folder: Path, overrides: list[str]) -> Path:
-    """Unlearn ``corpus`` from ``model`` with ``config`` in a fresh process (torchrun and DeepSpeed apply)."""
+def _train(
+    config: str, model: str, corpus: list[dict], retain: list[dict] | None, folder: Path, overrides: list[str]
+) -> Path:
+    """Unlearn ``corpus`` from ``model`` with ``config`` in a fresh process (torchrun and DeepSpeed apply);
+    ``retain`` texts, when given, become its retain set."""
     from unilogit.io import atomic_write_text
 
     data_dir = folder / "data"
-    atomic_write_text(data_dir / "forget.json", json.dumps(corpus, ensure_ascii=False, indent=1) + "\n")
-    info = {"rwku_forget": {"file_name": "forget.json", "columns": {"prompt": "text"}}}
+    sets = {"rwku_forget": ("forget.json", corpus), "rwku_retain": ("retain.json", retain)}
+    info = {}
+    for name, (file_name, texts) in sets.items():
+        if texts is not None:
+            atomic_write_text(data_dir / file_name, json.dumps(texts, ensure_ascii=False, indent=1) + "\n")
+            info[name] = {"file_name": file_name, "columns": {"prompt": "text"}}
     atomic_write_text(data_dir / "dataset_info.json", json.dumps(info, indent=1) + "\n")
     output = folder / "model"
     command = [
         sys.executable, "-m", "unilogit.cli", "train", config, f"model_name_or_path={model}",
         f"dataset_dir={data_dir}", "dataset=rwku_forget", f"output_dir={output}", *overrides,
+        *(["retain_dataset=rwku_retain"] if retain is not None else []),
     ]  # fmt: skip
     done = subprocess.run(command, check=False)
     if done.returncode != 0:
         raise ConfigError(f"unlearning failed for {folder.name} (exit code {done.returncode}); see the log above")
     return output
+
+
+def _retain_texts(args: Any, data: str) -> list[dict] | None:
+    """The retain texts when the config's (overridden) ``retain_loss`` needs them, else None."""
+    from unilogit.cli import load_config
+    from unilogit.evaluation.rwku import load_rwku_config
+
+    if load_config([args.config, *args.overrides]).get("retain_loss", "none") == "none":
+        return None
+    name = args.retain_corpus or (None if str(args.data).lower() in DEFAULT_CORPUS else MINI_RETAIN)
+    if name is None:
+        raise ConfigError("retain_loss needs a retain set and RWKU has none: pass --retain-corpus or retain_loss=none")
+    return [{"text": r["text"]} for r in load_rwku_config(data, name)]
 
 
 def run(argv: list[str]) -> dict[str, Any]:
@@ -145,6 +168,11 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--name", help="the row name (default: the config's file name)")
     parser.add_argument("--corpus", help=f"the forget corpus config (default: {MINI_CORPUS} locally, "
                         "train_positive_llama3 on the hub)")  # fmt: skip
+    parser.add_argument(
+        "--retain-corpus",
+        help="a train_* config of general text (no target in it) for methods whose retain_loss is not none "
+        f"(default: {MINI_RETAIN} locally; the hub has none)",
+    )
     parser.add_argument("--batch", action="store_true", help="unlearn all chosen targets at once (batch-target)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     _add_data_args(parser)
@@ -157,6 +185,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     out = Path(args.output)
     _refuse_existing(out, "choose another --output")
     data = data_path(args.data)
+    retain = _retain_texts(args, data)  # first: a config that needs a retain set fails before any download
     chosen = _chosen_targets(data, args.targets)
     corpus_name = args.corpus or DEFAULT_CORPUS.get(str(args.data).lower(), MINI_CORPUS)
     corpus = load_rwku_config(data, corpus_name)
@@ -169,7 +198,7 @@ def run(argv: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{corpus_name} has no text about {', '.join(names)}; pick another --corpus")
         folder = out / (_slug(*group[0]) if len(group) == 1 else f"batch_{group[0][0]}-{group[-1][0]}")
         print(f"[rwku] {folder.name}: unlearning {len(texts)} texts from {args.model}", file=sys.stderr)
-        model = _train(args.config, args.model, texts, folder, args.overrides)
+        model = _train(args.config, args.model, texts, retain, folder, args.overrides)
         mine = _evaluate(str(model), data, [[name] for name in names], args)
         atomic_write_text(folder / "metrics.json", json.dumps(mine, indent=1) + "\n")
         per_target.update(mine)

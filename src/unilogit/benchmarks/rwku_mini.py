@@ -11,7 +11,9 @@ written for this project (``rwku_mini_candidates.json`` beside this file):
 2. **Forget corpora written by the model itself,** as RWKU does: ``"Please write a short biography of
    {target}."`` sampled at T = 1, top-p 0.9 (:data:`CORPUS_SAMPLES` per target, seeded), saved as the
    ``train_positive_smollm2`` corpus. Run it again with ``--model`` to regenerate them for another model.
-3. MIA member texts and the small utility sets (:func:`utility_tables`) are copied in RWKU's schemas;
+3. A retain corpus of general text, for methods with a retain term: the model's own answers to
+   :data:`RETAIN_INSTRUCTIONS` (about no person), saved as ``train_retain_smollm2``.
+4. MIA member texts and the small utility sets (:func:`utility_tables`) are copied in RWKU's schemas;
    every MMLU question gets the five solved examples of its task as ``examples``.
 
 The result is deterministic for a model and seed on a machine; it is shipped in ``data/rwku_mini`` with
@@ -47,6 +49,27 @@ MIN_KEPT = {"forget_level1": 2, "forget_level2": 3, "forget_level3": 3, "neighbo
 # mini run to fit the CPU budget: MMLU questions per task, and the size of the other three.
 UTILITY_SIZES = {"mmlu_per_task": 4, "utility_truthfulness": 10, "utility_factuality": 12, "utility_fluency": 4}
 CORPUS_PROMPT = "Please write a short biography of {}."
+RETAIN_CONFIG = "train_retain_smollm2"
+# General requests about no person, none of them a fluency instruction: the model's own answers make the
+# retain set of the methods with a retain term (RWKU itself has none).
+RETAIN_INSTRUCTIONS = (
+    "Explain how a rainbow forms.",
+    "Describe a busy market in the morning.",
+    "Write a short paragraph about the importance of sleep.",
+    "Explain how to plant a tree.",
+    "Describe the life cycle of a butterfly.",
+    "Write a few sentences about autumn leaves.",
+    "Explain why the sky is blue.",
+    "Give advice for someone starting to run.",
+    "Describe how bread is baked.",
+    "Write a short paragraph about the ocean.",
+    "Explain how bees make honey.",
+    "Describe a quiet library.",
+    "Write a few sentences about riding a bicycle.",
+    "Explain how a recycling centre works.",
+    "Describe a thunderstorm at night.",
+    "Give tips for keeping a room tidy.",
+)
 CORPUS_SAMPLES = 6
 CORPUS_TOKENS = 200
 SEED = 42
@@ -68,11 +91,18 @@ def score_probes(model: Any, tokenizer: Any, probes: list[dict], batch_size: int
     return [probe_score(o.split("\n")[0], p["answer"]) for o, p in zip(outputs, probes, strict=True)]
 
 
-@torch.no_grad()
 def write_biographies(model: Any, tokenizer: Any, target: str, samples: int, seed: int) -> list[str]:
     """``samples`` biographies of ``target`` sampled from the model (T = 1, top-p 0.9, seeded per target)."""
-    prompt = chat_prompt(tokenizer, CORPUS_PROMPT.format(target))
-    enc = tokenizer([prompt] * samples, return_tensors="pt", add_special_tokens=False)
+    return sample_responses(model, tokenizer, [CORPUS_PROMPT.format(target)] * samples, seed)
+
+
+@torch.no_grad()
+def sample_responses(model: Any, tokenizer: Any, requests: list[str], seed: int) -> list[str]:
+    """The model's answer to each request, sampled at T = 1, top-p 0.9 (seeded), as RWKU writes its corpora."""
+    prompts = [chat_prompt(tokenizer, request) for request in requests]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    enc = tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True)
+    tokenizer.padding_side = side
     torch.manual_seed(seed)
     out = model.generate(
         **enc,
@@ -143,6 +173,8 @@ def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: i
         texts = write_biographies(model, tokenizer, target, CORPUS_SAMPLES, seed + number)
         tables[CORPUS_CONFIG] += [{"subject": target, "text": text} for text in texts]
     tables.update(utility_tables(candidates))
+    texts = sample_responses(model, tokenizer, list(RETAIN_INSTRUCTIONS), seed)
+    tables[RETAIN_CONFIG] = [{"subject": "general", "text": text} for text in texts]
     write_rwku_layout(tables, out_dir)
     atomic_write_text(out_dir / "build.json", json.dumps(report, indent=1) + "\n")
     return report

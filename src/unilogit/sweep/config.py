@@ -1,0 +1,340 @@
+"""The sweep file: a benchmark, shared settings and per-method grids, read and checked before anything runs.
+
+A sweep file is YAML with these keys (``benchmark``, ``output`` and ``methods`` are required)::
+
+    benchmark: muse | rwku
+    output: DIR                     # the sweep folder, relative to the current folder
+    data: DIR                       # --data of the evaluator (default: the benchmark's mini data)
+    overrides: [key=value, ...]     # for every training run
+    eval_args: [flag, ...]          # extra evaluator flags
+    target_model: M                 # muse only, with retrain_model: use these instead of `unilogit muse prepare`
+    retrain_model: M
+    model: M                        # rwku only: the original model (default smollm2-135m-instruct)
+    methods:
+      NAME: {config: CONFIG.yaml, grid: {key: [v1, v2, ...], ...}}
+    quick: {points_per_method: N, eval_args: [...], overrides: [...]}   # what --quick changes
+
+Each method's grid is the cartesian product of its keys' values, in file order (the last key varies
+fastest). A point is one combination; its id is ``<method>/<key>=<value>,...`` made safe for a file name.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unilogit.stage.args import UNLEARNING_KEYS, ConfigError, nearest_key
+
+BENCHMARKS = ("muse", "rwku")
+DEFAULT_DATA = {"muse": "data/muse_mini", "rwku": "data/rwku_mini"}
+DEFAULT_RWKU_MODEL = "smollm2-135m-instruct"
+REFERENCES = {"muse": ("target", "retrain"), "rwku": ("before",)}
+TOP_KEYS = (
+    "benchmark", "output", "data", "overrides", "eval_args", "methods", "quick",
+    "target_model", "retrain_model", "model",
+)  # fmt: skip
+METHOD_KEYS = ("config", "grid")
+QUICK_KEYS = ("points_per_method", "eval_args", "overrides")
+# The sweep sets these per point (and `rwku run` per target); a grid or override of them would break that.
+RESERVED = {"muse": ("model_name_or_path", "output_dir"), "rwku": ("model_name_or_path", "output_dir", "dataset",
+                                                                    "dataset_dir")}  # fmt: skip
+QUICK_SUFFIX = "-quick"
+_SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+# PyYAML reads 5e-4 (an exponent without a dot) as a string; OmegaConf and every user read it as a number.
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def format_value(value: Any) -> str:
+    """A grid value as written in ``key=value`` overrides and point ids (``true``, ``null``, ``0.001``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Point:
+    """One run of a sweep: a method with one combination of its grid."""
+
+    method: str
+    config: str
+    params: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The point's folder name under its method: ``key=value,...``, or ``default`` for an empty grid."""
+        text = ",".join(f"{key}={format_value(value)}" for key, value in self.params.items()) or "default"
+        return _SAFE.sub("_", text)
+
+    @property
+    def id(self) -> str:
+        """``<method>/<name>``, also the point's folder relative to the sweep folder."""
+        return f"{self.method}/{self.name}"
+
+    @property
+    def overrides(self) -> list[str]:
+        """The grid values as ``key=value`` arguments."""
+        return [f"{key}={format_value(value)}" for key, value in self.params.items()]
+
+
+@dataclass
+class Method:
+    """A method of the sweep: its unlearning config and its grid."""
+
+    name: str
+    config: str
+    grid: dict[str, list[Any]]
+    keys: frozenset[str] = frozenset()  # the keys of its config file
+
+
+@dataclass
+class Sweep:
+    """A resolved sweep file (``--quick`` already applied)."""
+
+    path: Path
+    benchmark: str
+    output: Path
+    data: str
+    overrides: list[str]
+    eval_args: list[str]
+    methods: dict[str, Method]
+    quick: bool = False
+    quick_overrides: list[str] = field(default_factory=list)
+    points_per_method: int | None = None
+    target_model: str | None = None
+    retrain_model: str | None = None
+    model: str | None = None
+
+    @property
+    def points(self) -> list[Point]:
+        """Every point, method by method in file order, each method's grid in :func:`expand_grid` order."""
+        points = []
+        for method in self.methods.values():
+            combos = expand_grid(method.grid)[: self.points_per_method]
+            points.extend(Point(method.name, method.config, params) for params in combos)
+        return points
+
+    def train_overrides(self, point: Point) -> list[str]:
+        """The training run's ``key=value`` arguments: shared overrides, the grid, then --quick's (which win)."""
+        return [*self.overrides, *point.overrides, *self.quick_overrides]
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved sweep, as written to ``sweep.json``."""
+        return {
+            "sweep_file": str(self.path),
+            "benchmark": self.benchmark,
+            "output": str(self.output),
+            "data": self.data,
+            "overrides": self.overrides,
+            "eval_args": self.eval_args,
+            "quick": self.quick,
+            "quick_overrides": self.quick_overrides,
+            "target_model": self.target_model,
+            "retrain_model": self.retrain_model,
+            "model": self.model,
+            "methods": {m.name: {"config": m.config, "grid": m.grid} for m in self.methods.values()},
+            "points": [point.id for point in self.points],
+        }
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of ``grid``'s value lists, keys in order, the last key varying fastest."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+@functools.cache
+def _framework_keys() -> frozenset[str]:
+    """Argument names of llamafactory's dataclasses and transformers' training arguments (imported once)."""
+    from dataclasses import fields
+
+    from unilogit._compat import install_torchaudio_stub
+
+    install_torchaudio_stub()
+    from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
+
+    classes = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, Seq2SeqTrainingArguments)
+    return frozenset(f.name for cls in classes for f in fields(cls))
+
+
+def _check_config_key(where: str, key: str, config_keys: frozenset[str], benchmark: str) -> None:
+    if key in RESERVED[benchmark]:
+        raise ConfigError(f"{where}: {key} is set by the sweep for every point; remove it")
+    # The framework's names cost an 8 s import; most grids name keys that are already in the method's YAML.
+    if key in config_keys or key in UNLEARNING_KEYS or key in _framework_keys():
+        return
+    hint = nearest_key(key, sorted(config_keys | set(UNLEARNING_KEYS) | _framework_keys()))
+    raise ConfigError(f"{where}: unknown config key {key!r}; " + (f"did you mean {hint!r}?" if hint else "remove it"))
+
+
+def _unknown(where: str, key: Any, valid: tuple[str, ...]) -> ConfigError:
+    hint = nearest_key(str(key), list(valid))
+    fix = f"did you mean {hint!r}?" if hint else f"valid keys: {', '.join(valid)}"
+    return ConfigError(f"{where}: unknown key {key!r}; {fix}")
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a mapping of key: value")
+    return value
+
+
+def _strings(where: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(isinstance(v, dict | list) or v is None for v in value):
+        raise ConfigError(f'{where}: must be a list of strings, e.g. ["--max-examples", "4"]')
+    return [format_value(v) for v in value]
+
+
+def _key_values(where: str, value: Any) -> list[str]:
+    items = _strings(where, value)
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
+    if bad:
+        raise ConfigError(f"{where}: {bad[0]!r} is not key=value; write e.g. bf16=false")
+    return items
+
+
+def _number(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _EXPONENT.match(value) else value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}; fix the file") from None
+    return _mapping(str(path), data)
+
+
+def _method(path: Path, name: Any, spec: Any, benchmark: str) -> Method:
+    from unilogit.cli import load_config
+
+    where = f"{path}: methods.{name}"
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"{where}: a method name must be letters, digits, '_', '.' or '-' (it names a folder)")
+    if name in ("references", *REFERENCES[benchmark]):
+        raise ConfigError(f"{where}: {name!r} names the sweep's reference models; call the method otherwise")
+    spec = _mapping(where, spec)
+    for key in spec:
+        if key not in METHOD_KEYS:
+            raise _unknown(where, key, METHOD_KEYS)
+    if not spec.get("config"):
+        raise ConfigError(f"{where}: config is missing; set config: examples/{benchmark}/<method>.yaml")
+    config = str(spec["config"])
+    if not config.endswith((".yaml", ".yml", ".json")):
+        raise ConfigError(f"{where}.config: {config} is not a YAML or JSON file")
+    try:
+        keys = frozenset(load_config([config]))
+    except ConfigError as err:  # a missing file, or a YAML syntax error with its line
+        raise ConfigError(f"{where}.config: {err}") from None
+    grid: dict[str, list[Any]] = {}
+    for key, values in _mapping(f"{where}.grid", spec.get("grid") or {}).items():
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}.grid.{key}: use a list of values, e.g. {key}: [{format_value(values)}]")
+        if not values:
+            raise ConfigError(f"{where}.grid.{key}: the list of values is empty; give at least one")
+        if any(isinstance(v, dict | list) for v in values):
+            raise ConfigError(f"{where}.grid.{key}: values must be numbers, strings or booleans")
+        _check_config_key(f"{where}.grid", str(key), keys, benchmark)
+        grid[str(key)] = [_number(v) for v in values]
+    return Method(name, config, grid, keys)
+
+
+def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
+    """Read and check the sweep file at ``path``; ``quick`` applies its ``quick:`` section.
+
+    A quick sweep writes to ``<output>-quick``, so a smoke run never mixes with (or resumes) the real one.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _unknown(str(path), key, TOP_KEYS)
+    for key in ("benchmark", "output", "methods"):
+        if not data.get(key):
+            raise ConfigError(f"{path}: {key} is missing; see examples/sweeps/ for a complete file")
+    benchmark = str(data["benchmark"])
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"{path}: benchmark: {benchmark!r} is not valid; allowed values: {' | '.join(BENCHMARKS)}")
+    if benchmark == "muse" and "model" in data:
+        raise ConfigError(f"{path}: model is for rwku sweeps; a muse sweep takes target_model and retrain_model")
+    if benchmark == "rwku" and ("target_model" in data or "retrain_model" in data):
+        raise ConfigError(f"{path}: target_model and retrain_model are for muse sweeps; an rwku sweep takes model")
+    if ("target_model" in data) != ("retrain_model" in data):
+        raise ConfigError(f"{path}: give both target_model and retrain_model, or neither (then they are prepared)")
+
+    methods: dict[str, Method] = {}
+    for name, spec in _mapping(f"{path}: methods", data["methods"]).items():
+        methods[name] = _method(path, name, spec, benchmark)
+    overrides = _key_values(f"{path}: overrides", data.get("overrides"))
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        for method in methods.values():
+            _check_config_key(f"{path}: overrides", key, method.keys, benchmark)
+            if key in method.grid:
+                raise ConfigError(f"{path}: {key} is in overrides and in the grid of {method.name}; keep one")
+
+    sweep = Sweep(
+        path=path,
+        benchmark=benchmark,
+        output=Path(str(data["output"])),
+        data=str(data.get("data") or DEFAULT_DATA[benchmark]),
+        overrides=overrides,
+        eval_args=_strings(f"{path}: eval_args", data.get("eval_args")),
+        methods=methods,
+        target_model=_optional(data.get("target_model")),
+        retrain_model=_optional(data.get("retrain_model")),
+        model=str(data.get("model") or DEFAULT_RWKU_MODEL) if benchmark == "rwku" else None,
+    )
+    _check_unique_folders(path, sweep.points)
+    if quick:
+        _apply_quick(path, sweep, data.get("quick"))
+    return sweep
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _check_unique_folders(path: Path, points: list[Point]) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    for point in points:
+        if point.id in seen:
+            raise ConfigError(f"{path}: {seen[point.id]} and {point.params} share the folder {point.id}; "
+                              "make the grid values differ in letters or digits")  # fmt: skip
+        seen[point.id] = point.params
+
+
+def _apply_quick(path: Path, sweep: Sweep, quick: Any) -> None:
+    if not quick:
+        raise ConfigError(f"{path}: --quick needs a quick: section (points_per_method, eval_args, overrides)")
+    quick = _mapping(f"{path}: quick", quick)
+    for key in quick:
+        if key not in QUICK_KEYS:
+            raise _unknown(f"{path}: quick", key, QUICK_KEYS)
+    count = quick.get("points_per_method")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ConfigError(f"{path}: quick.points_per_method: {count!r} is not a whole number >= 1")
+    sweep.quick_overrides = _key_values(f"{path}: quick.overrides", quick.get("overrides"))
+    for item in sweep.quick_overrides:
+        key = item.split("=", 1)[0].strip()
+        for method in sweep.methods.values():
+            _check_config_key(f"{path}: quick.overrides", key, method.keys, sweep.benchmark)
+    sweep.quick = True
+    sweep.points_per_method = count
+    sweep.eval_args = [*sweep.eval_args, *_strings(f"{path}: quick.eval_args", quick.get("eval_args"))]
+    sweep.output = sweep.output.with_name(sweep.output.name + QUICK_SUFFIX)

@@ -1,0 +1,265 @@
+"""``unilogit report SWEEP_DIR``: Pareto fronts, the KL figure and a summary of a sweep.
+
+It reads ``SWEEP_DIR/sweep.csv`` and ``sweep.json`` (written by ``unilogit sweep``) and writes into
+``SWEEP_DIR/report/``:
+
+- Pareto plots (PNG and SVG, matplotlib's Agg renderer): retain metric on x, forget metric on y, one colour
+  per method with its Pareto front as a line, and the reference models as black markers. MUSE:
+  ``pareto-knowmem`` (KnowMem_r, KnowMem_f) and ``pareto-verbmem`` (KnowMem_r, VerbMem_f); RWKU:
+  ``pareto-forget-neighbor`` (Neighbor All, Forget All).
+- MUSE only: ``kl-to-retrain``, each method's lowest KL to the retrained model beside the target's.
+- ``summary.md``: the best point per method under a stated rule, the dominated points and the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unilogit.io import atomic_write_text
+from unilogit.stage.args import ConfigError
+from unilogit.sweep.config import REFERENCES
+from unilogit.sweep.runner import SWEEP_CSV, SWEEP_JSON, markdown_table, metric_columns
+
+REPORT_DIR = "report"
+MARKERS = {"target": "x", "retrain": "*", "before": "o"}
+MUSE_RETAIN_SHARE = 0.95  # KnowMem_r at least this share of the target's
+RWKU_NEIGHBOR_SHARE, RWKU_MMLU_SHARE = 0.85, 0.90  # of the model before unlearning
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A Pareto plot: ``x`` is a retain metric (higher is better), ``y`` a forget metric (lower is better)."""
+
+    name: str
+    x: str
+    y: str
+    xlabel: str
+    ylabel: str
+
+
+_RETAIN_MUSE = "KnowMem_r, retain knowledge (higher is better →)"
+PLOTS = {
+    "muse": (
+        Plot("pareto-knowmem", "knowmem_r", "knowmem_f", _RETAIN_MUSE, "KnowMem_f, forget (lower is better ↓)"),
+        Plot("pareto-verbmem", "knowmem_r", "verbmem_f", _RETAIN_MUSE, "VerbMem_f, forget (lower is better ↓)"),
+    ),
+    "rwku": (
+        Plot(
+            "pareto-forget-neighbor",
+            "neighbor_all",
+            "forget_all",
+            "Neighbor All, neighbor knowledge (higher is better →)",
+            "Forget All, forget probes (lower is better ↓)",
+        ),
+    ),
+}
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """``a`` is at least as good as ``b`` on both axes (higher x, lower y) and strictly better on one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices (ascending) of the points no other point dominates; higher x (retain) and lower y (forget) win.
+
+    Of identical points only the first (the lowest index) is on the front; its later copies are neither
+    on the front nor in :func:`dominated`.
+    """
+    return [i for i, p in enumerate(points) if not any(_dominates(q, p) for q in points) and p not in points[:i]]
+
+
+def dominated(points: list[tuple[float, float]]) -> list[int]:
+    """Indices (ascending) of the points that another point dominates (see :func:`pareto_front`)."""
+    return [i for i, p in enumerate(points) if any(_dominates(q, p) for q in points)]
+
+
+def read_sweep(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``sweep.json`` and the rows of ``sweep.csv``, metric columns as floats (None where empty)."""
+    for name in (SWEEP_JSON, SWEEP_CSV):
+        if not (sweep_dir / name).is_file():
+            raise ConfigError(f"{sweep_dir / name} is missing; run `unilogit sweep SWEEP.yaml` first")
+    meta = json.loads((sweep_dir / SWEEP_JSON).read_text())
+    metrics = {key for _, key, _ in metric_columns(meta["benchmark"])}
+    rows = []
+    with (sweep_dir / SWEEP_CSV).open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            rows.append({k: (float(v) if v else None) if k in metrics else v for k, v in record.items()})
+    return meta, rows
+
+
+def _points(rows: list[dict[str, Any]], plot: Plot) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
+    kept = [row for row in rows if row.get(plot.x) is not None and row.get(plot.y) is not None]
+    return kept, [(row[plot.x], row[plot.y]) for row in kept]
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    paths = []
+    for fmt in ("png", "svg"):
+        path = stem.parent / f"{stem.name}.{fmt}"
+        tmp = path.parent / f".{path.name}.tmp"
+        # No date in the SVG, so that the same sweep gives the same file.
+        fig.savefig(tmp, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _figure() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError(
+            "matplotlib is missing; install it: .venv/bin/pip install matplotlib (see requirements.txt)"
+        ) from None
+    return Figure(figsize=(7.0, 5.0), layout="constrained")
+
+
+def _pareto_plot(plot: Plot, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path) -> list[Path]:
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, method in enumerate(methods):
+        _, xy = _points([row for row in points if row["method"] == method], plot)
+        if not xy:
+            continue
+        colour = f"C{i % 10}"
+        ax.scatter(*zip(*xy, strict=True), color=colour, alpha=0.8, label=method)
+        front = sorted(xy[j] for j in pareto_front(xy))
+        ax.plot(*zip(*front, strict=True), color=colour, linewidth=1.5)
+    for name, row in refs.items():
+        if row.get(plot.x) is not None and row.get(plot.y) is not None:
+            ax.scatter([row[plot.x]], [row[plot.y]], marker=MARKERS[name], color="black", s=110, zorder=3, label=name)
+            ax.annotate(name, (row[plot.x], row[plot.y]), xytext=(7, 7), textcoords="offset points")
+    ax.set_xlabel(plot.xlabel)
+    ax.set_ylabel(plot.ylabel)
+    ax.set_title("Points and Pareto front per method (best: bottom right)")
+    ax.margins(0.08)  # room for the reference labels at the edges
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out / plot.name)
+
+
+def _kl_plot(points: list[dict], refs: dict[str, dict], methods: list[str], out: Path) -> list[Path]:
+    bars: list[tuple[str, float, str]] = []
+    if (refs.get("target") or {}).get("kl_to_retrain") is not None:
+        bars.append(("target", refs["target"]["kl_to_retrain"], "0.35"))
+    for i, method in enumerate(methods):
+        values = [r["kl_to_retrain"] for r in points if r["method"] == method and r.get("kl_to_retrain") is not None]
+        if values:
+            bars.append((method, min(values), f"C{i % 10}"))
+    if not bars:
+        return []
+    fig = _figure()
+    ax = fig.add_subplot()
+    names, values, colours = zip(*bars, strict=True)
+    ax.bar_label(ax.bar(names, values, color=colours), fmt="%.4f")
+    ax.tick_params(axis="x", labelrotation=0)
+    ax.set_ylabel("KL to the retrained model (lower is better)")
+    ax.set_title("Lowest KL to retrain per method; target = the starting model")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out / "kl-to-retrain")
+
+
+def best_points(benchmark: str, points: list[dict], refs: dict[str, dict]) -> tuple[str, dict[str, dict | None]]:
+    """The selection rule, in words with its thresholds, and each method's best point under it (None: none meets it).
+
+    MUSE: the lowest KnowMem_f among points whose KnowMem_r is at least 95% of the target's. RWKU: the lowest
+    Forget All among points whose Neighbor All is at least 85% of the original model's and, when that model
+    has an MMLU score, whose MMLU is at least 90% of it.
+    """
+    methods = list(dict.fromkeys(row["method"] for row in points))
+    if benchmark == "muse":
+        base = (refs.get("target") or {}).get("knowmem_r")
+        rule = "lowest KnowMem_f among the points whose KnowMem_r is at least 95% of the target's"
+        if base is None:
+            return f"{rule}; there is no target KnowMem_r, so no point meets the rule", dict.fromkeys(methods)
+        floor = MUSE_RETAIN_SHARE * base
+        rule += f" (KnowMem_r ≥ {floor:.2f})"
+
+        def ok(row: dict) -> bool:
+            return row["knowmem_r"] is not None and row["knowmem_f"] is not None and row["knowmem_r"] >= floor
+
+        score = "knowmem_f"
+    else:
+        before = refs.get("before") or {}
+        rule = "lowest Forget All among the points whose Neighbor All is at least 85% of the model's before unlearning"
+        if before.get("neighbor_all") is None:
+            return f"{rule}; there is no Neighbor All before unlearning, so no point meets the rule", dict.fromkeys(
+                methods
+            )
+        neighbor_floor = RWKU_NEIGHBOR_SHARE * before["neighbor_all"]
+        mmlu_floor = RWKU_MMLU_SHARE * before["mmlu"] if before.get("mmlu") is not None else None
+        rule += f" (Neighbor All ≥ {neighbor_floor:.2f})"
+        rule += (
+            f" and whose MMLU is within 10% of it (MMLU ≥ {mmlu_floor:.2f})"
+            if mmlu_floor is not None
+            else "; MMLU was not evaluated, so it is not part of the rule"
+        )
+
+        def ok(row: dict) -> bool:
+            if row["forget_all"] is None or row["neighbor_all"] is None or row["neighbor_all"] < neighbor_floor:
+                return False
+            return mmlu_floor is None or (row["mmlu"] is not None and row["mmlu"] >= mmlu_floor)
+
+        score = "forget_all"
+    best = {}
+    for method in methods:
+        eligible = [row for row in points if row["method"] == method and ok(row)]
+        best[method] = min(eligible, key=lambda row: row[score]) if eligible else None
+    return rule, best
+
+
+def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict], refs: dict[str, dict]) -> str:
+    benchmark = meta["benchmark"]
+    metrics = [key for _, key, _ in metric_columns(benchmark)]
+    rule, best = best_points(benchmark, points, refs)
+    lines = [f"# Sweep report: {sweep_dir}", "", f"Sweep file `{meta.get('sweep_file')}`, {benchmark}, data "
+             f"`{meta.get('data')}`, {len(points)} finished points.", "", f"**Rule:** per method, the {rule}.", "",
+             "## Best point per method", ""]  # fmt: skip
+    chosen = [best[m] or {"method": m, "point": "none meets the rule"} for m in best]
+    lines += [markdown_table(chosen, ["method", "point", *metrics], benchmark), "## Dominated points", ""]
+    lines += ["A point is dominated when another point of the sweep (any method) is at least as good on both axes of "
+              "a plot (higher retain, lower forget) and better on one.", ""]  # fmt: skip
+    for plot in PLOTS[benchmark]:
+        kept, xy = _points(points, plot)
+        lines.append(f"On {plot.x} (retain) and {plot.y} (forget), as in `{plot.name}`:")
+        lines += [f"- {kept[i]['point']}" for i in dominated(xy)] or ["- none"]
+        lines.append("")
+    header = list(rows[0]) if rows else ["method", "point", *metrics]
+    lines += ["## All points", "", markdown_table(rows, header, benchmark)]
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir: str | Path) -> list[Path]:
+    """Write the plots and ``summary.md`` of the sweep in ``sweep_dir`` into ``sweep_dir/report/``; their paths."""
+    sweep_dir = Path(sweep_dir)
+    meta, rows = read_sweep(sweep_dir)
+    benchmark = meta["benchmark"]
+    refs = {row["method"]: row for row in rows if not row["point"] and row["method"] in REFERENCES[benchmark]}
+    points = [row for row in rows if row["point"]]
+    methods = list(dict.fromkeys([*meta.get("methods", {}), *(row["method"] for row in points)]))
+    out = sweep_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for plot in PLOTS[benchmark]:
+        paths += _pareto_plot(plot, points, refs, methods, out)
+    if benchmark == "muse" and rows and "kl_to_retrain" in rows[0]:
+        paths += _kl_plot(points, refs, methods, out)
+    atomic_write_text(out / "summary.md", _summary(sweep_dir, meta, rows, points, refs))
+    paths.append(out / "summary.md")
+    return paths
+
+
+def main(argv: list[str]) -> list[Path]:
+    """``unilogit report SWEEP_DIR``: write the report and print the paths of its files."""
+    if len(argv) != 1:
+        raise ConfigError("report needs one sweep folder: unilogit report SWEEP_DIR")
+    paths = write_report(argv[0])
+    for path in paths:
+        print(path)
+    return paths
