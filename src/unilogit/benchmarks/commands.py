@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unilogit.stage.args import ConfigError
 
@@ -28,3 +31,34 @@ class CommandParser(argparse.ArgumentParser):
 def data_path(data: str) -> str:
     """``data`` as given, or under the repository when it names one of the repository's folders."""
     return str(ROOT / data) if not Path(data).exists() and (ROOT / data).exists() else data
+
+
+def merge_tables(
+    argv: list[str],
+    prog: str,
+    produced_by: str,
+    format_table: Callable[[dict[str, Any]], str],
+    write: Callable[..., None],
+) -> dict[str, Any]:
+    """``PROG RESULTS.json ... [--save OUT.json] [--note TEXT] [--rename OLD=NEW]``: merge results files
+    (name -> metrics) into one table, print it, and with ``--save`` write it with its ``.md`` twin."""
+    parser = CommandParser(prog=prog, description=merge_tables.__doc__)
+    parser.add_argument("results", nargs="+", help=f"results files written by {produced_by}")
+    parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
+    parser.add_argument("--note", default="", help="text written above the table in the .md twin")
+    parser.add_argument("--rename", action="append", default=[], help="OLD=NEW row name (repeatable)")
+    args = parser.parse_args(argv)
+    renames = dict(item.split("=", 1) for item in args.rename if "=" in item)
+    merged: dict[str, Any] = {}
+    for path in args.results:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} does not exist; run {produced_by} first")
+        for name, row in json.loads(Path(path).read_text()).items():
+            merged[renames.get(name, name)] = row
+    if args.save:
+        save = Path(args.save)
+        if save.exists():
+            raise ConfigError(f"{save} exists; remove it or choose another --save path")
+        write(merged, save, save.with_suffix(".md"), note=args.note)
+    print(format_table(merged))
+    return merged

@@ -8,12 +8,11 @@ and a Markdown table.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.benchmarks.commands import ROOT, CommandParser, data_path, positive_int
+from unilogit.benchmarks.commands import ROOT, CommandParser, data_path, merge_tables, positive_int
 from unilogit.stage.args import ConfigError
 
 DEFAULT_DATA = "data/muse_mini"
@@ -83,23 +82,7 @@ def table(argv: list[str]) -> dict[str, Any]:
     """``unilogit muse table RESULTS.json ... [--save OUT.json]``: merge results into one table."""
     from unilogit.evaluation.muse import format_muse_table, write_results
 
-    parser = CommandParser(prog="unilogit muse table", description=table.__doc__)
-    parser.add_argument("results", nargs="+", help=f"{RESULTS_JSON} files written by `unilogit eval muse`")
-    parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
-    parser.add_argument("--note", default="", help="text written above the table in the .md twin")
-    args = parser.parse_args(argv)
-    merged: dict[str, Any] = {}
-    for path in args.results:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path} does not exist; run `unilogit eval muse` first")
-        merged.update(json.loads(Path(path).read_text()))
-    if args.save:
-        save = Path(args.save)
-        if save.exists():
-            raise ConfigError(f"{save} exists; remove it or choose another --save path")
-        write_results(merged, save, save.with_suffix(".md"), note=args.note)
-    print(format_muse_table(merged))
-    return merged
+    return merge_tables(argv, "unilogit muse table", "`unilogit eval muse`", format_muse_table, write_results)
 
 
 def main(argv: list[str]) -> None:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.benchmarks.commands import CommandParser, data_path, positive_int
+from unilogit.benchmarks.commands import CommandParser, data_path, merge_tables, positive_int
 from unilogit.stage.args import ConfigError
 
 DEFAULT_DATA = "data/rwku_mini"
@@ -215,25 +215,8 @@ def table(argv: list[str]) -> dict[str, Any]:
     """``unilogit rwku table RESULTS.json ... [--save OUT.json]``: merge RWKU results into one table."""
     from unilogit.evaluation.rwku import format_rwku_table, write_rwku_results
 
-    parser = CommandParser(prog="unilogit rwku table", description=table.__doc__)
-    parser.add_argument("results", nargs="+", help=f"{RESULTS_JSON} files of `eval rwku` or `rwku run`")
-    parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
-    parser.add_argument("--note", default="", help="text written above the table in the .md twin")
-    parser.add_argument("--rename", action="append", default=[], help="OLD=NEW row name (repeatable)")
-    args = parser.parse_args(argv)
-    renames = dict(item.split("=", 1) for item in args.rename if "=" in item)
-    merged: dict[str, Any] = {}
-    for path in args.results:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path} does not exist; run `unilogit eval rwku` or `unilogit rwku run` first")
-        for name, row in json.loads(Path(path).read_text()).items():
-            merged[renames.get(name, name)] = row
-    if args.save:
-        save = Path(args.save)
-        _refuse_existing(save, "remove it or choose another --save path")
-        write_rwku_results(merged, save, save.with_suffix(".md"), note=args.note)
-    print(format_rwku_table(merged))
-    return merged
+    produced_by = "`unilogit eval rwku` or `unilogit rwku run`"
+    return merge_tables(argv, "unilogit rwku table", produced_by, format_rwku_table, write_rwku_results)
 
 
 def main(argv: list[str]) -> None:

@@ -7,14 +7,41 @@ padding, each with a progress bar.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from unilogit.stage.args import ConfigError
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def read_json_records(path: Path, missing: str) -> list[Any]:
+    """The JSON list in a benchmark's local file; ``missing`` is the one-line error when the file is absent."""
+    if not path.is_file():
+        raise ConfigError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): fix the file") from None
+
+
+def check_records(records: Any, where: str, fields: Sequence[str], what: str) -> None:
+    """One-line errors unless ``records`` is a list of objects that all have ``fields`` (``what`` needs them)."""
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ConfigError(f"{where} must be a JSON list of records (objects)")
+    for i, record in enumerate(records):
+        missing = [name for name in fields if name not in record]
+        if missing:
+            raise ConfigError(f"{where} record {i} lacks field(s) {', '.join(missing)}: {what} needs them")
+
 
 # ------------------------------------------------------------------------------------------ metrics
 

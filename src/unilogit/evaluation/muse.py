@@ -33,12 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from unilogit.evaluation.common import (
+    check_records,
     decode,
     format_table,
     generate_greedy,
     mean_or_none,
     min_k_score,
     model_device,
+    read_json_records,
     right_padded_batches,
     rouge_l_f1,
     token_log_probs,
@@ -133,23 +135,12 @@ def load_muse_split(source: str | Path, config: str, split: str, limit: int | No
         where = f"{hub_id} {config}/{hub_split}"
     else:
         path = folder / config / f"{split}.json"
-        if not path.is_file():
-            raise ConfigError(
-                f"missing MUSE file {path}: write it as a JSON list of {{{', '.join(MUSE_FIELDS[config])}}} "
-                "records, or export the hub data with export_muse"
-            )
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): fix the file") from None
+        fields = ", ".join(MUSE_FIELDS[config])
+        missing = f"missing MUSE file {path}: write it as a JSON list of {{{fields}}} records, or use export_muse"
+        records = read_json_records(path, missing)
         where = str(path)
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ConfigError(f"{where} must be a JSON list of records (objects)")
+    check_records(records, where, MUSE_FIELDS[config], f"MUSE {config}")
     records = records if limit is None else records[:limit]
-    for i, record in enumerate(records):
-        missing = [name for name in MUSE_FIELDS[config] if name not in record]
-        if missing:
-            raise ConfigError(f"{where} record {i} lacks field(s) {', '.join(missing)}: MUSE {config} needs them")
     return records
 
 

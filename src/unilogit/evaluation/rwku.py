@@ -38,12 +38,14 @@ from typing import Any
 import torch
 
 from unilogit.evaluation.common import (
+    check_records,
     completion_log_probs,
     format_table,
     generate_greedy,
     mean_or_none,
     min_k_score,
     next_token_logits,
+    read_json_records,
     rouge_l_recall,
     token_statistics,
 )
@@ -106,21 +108,10 @@ def load_rwku_config(source: str | Path, config: str) -> list[dict]:
                 "folder: give one of those, or a folder laid out as <folder>/<config>/<split>.json"
             )
         path = folder / config / f"{split}.json"
-        if not path.is_file():
-            raise ConfigError(
-                f"missing RWKU file {path}: write it as a JSON list of {{{', '.join(fields_needed)}}} records"
-            )
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): fix the file") from None
+        missing = f"missing RWKU file {path}: write it as a JSON list of {{{', '.join(fields_needed)}}} records"
+        records = read_json_records(path, missing)
         where = str(path)
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ConfigError(f"{where} must be a JSON list of records (objects)")
-    for i, record in enumerate(records):
-        missing = [name for name in fields_needed if name not in record]
-        if missing:
-            raise ConfigError(f"{where} record {i} lacks field(s) {', '.join(missing)}: RWKU {config} needs them")
+    check_records(records, where, fields_needed, f"RWKU {config}")
     return records
 
 
