@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.stage.args import ConfigError
+from unilogit.stage.args import ConfigError, TrainingDiverged, TrainingInterrupted
 
 USAGE = """usage: unilogit <command> [args]
 
@@ -91,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             _delegate(command, argv)
         else:
             raise ConfigError(f"unknown command {command!r}; run `unilogit help` for the list")
-    except ConfigError as err:
+    except (ConfigError, TrainingDiverged) as err:
         if os.environ.get("UNILOGIT_DEBUG") == "1":
             raise
         print(f"unilogit: error: {err}", file=sys.stderr)
-        return 2
+        # 2: the input was refused before anything ran; 1: the run started and failed.
+        return 2 if isinstance(err, ConfigError) else 1
+    except TrainingInterrupted as err:
+        print(f"unilogit: stopped: {err}", file=sys.stderr)
+        return 128 + err.signum  # the shell's code for death by that signal, after a clean save
     return 0
 
 
@@ -175,6 +179,23 @@ def _check_keys(config: dict[str, Any]) -> None:
             raise ConfigError(f"unknown config key {key!r}; {fix}")
 
 
+def _check_deepspeed(config: dict[str, Any]) -> None:
+    """DeepSpeed needs its package and an accelerator; without either, say so before anything loads."""
+    import importlib.util
+
+    from llamafactory.extras.misc import get_device_count
+
+    if not config.get("deepspeed"):
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "deepspeed: the deepspeed package is not installed; pip install deepspeed, or remove deepspeed: "
+            "to train without it"
+        )
+    if get_device_count() == 0:
+        raise ConfigError("deepspeed: DeepSpeed needs a GPU and none is visible; remove deepspeed: to train on the CPU")
+
+
 def _needs_torchrun() -> bool:
     from llamafactory.extras.misc import get_device_count, is_env_enabled, use_kt, use_ray
 
@@ -237,17 +258,15 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
     ``callbacks`` are extra ``TrainerCallback``s, added after the logging and reporting ones.
     """
     import torch.distributed as dist
-    import yaml
     from llamafactory.hparams import get_train_args
     from llamafactory.train.callbacks import ReporterCallback
 
-    from unilogit.evaluation.report import CONFIG_NAME
-    from unilogit.io import atomic_write_text
     from unilogit.stage.args import split_unlearning_args
-    from unilogit.stage.callbacks import UnlearningLogCallback
+    from unilogit.stage.callbacks import RESULT_NAMES, RunRecordCallback, UnlearningLogCallback
     from unilogit.stage.workflow import run_unlearn
 
     unlearning_args, rest = split_unlearning_args(dict(config))
+    _check_deepspeed(rest)
     try:
         model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(rest)
     except ValueError as err:
@@ -256,10 +275,18 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
         raise ConfigError("dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>")
     if not (training_args.do_train or training_args.do_eval):
         raise ConfigError("do_train: nothing to do; set do_train: true (or do_eval: true with an eval set)")
-    if training_args.do_train and training_args.should_save:
-        # The resolved configuration, so that the run can be reproduced and `unilogit report` can evaluate it.
-        atomic_write_text(Path(training_args.output_dir) / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False))
+    output_dir = Path(training_args.output_dir)
+    # llamafactory refuses a folder holding weights and resumes one holding checkpoints; one holding only
+    # logs or metrics of an earlier run would be silently mixed with this one's.
+    held = [name for name in RESULT_NAMES if (output_dir / name).exists()]
+    fresh = training_args.resume_from_checkpoint is None and not training_args.overwrite_output_dir
+    if training_args.do_train and held and fresh:
+        raise ConfigError(
+            f"output_dir: {output_dir} already holds results ({held[0]}); set overwrite_output_dir: true "
+            "or choose another output_dir"
+        )
     callbacks = [
+        RunRecordCallback(config),
         UnlearningLogCallback(),
         ReporterCallback(model_args, data_args, finetuning_args, generating_args),
         *(callbacks or []),

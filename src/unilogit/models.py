@@ -30,8 +30,18 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map an alias to its converted local folder (converting on first use); pass anything else through."""
+    """Map an alias to its converted local folder (converting on first use); pass anything else through.
+
+    A path that cannot be a hub id (``org/name``) must exist: transformers would otherwise try it on the
+    hub and fail with a repo-id validation traceback.
+    """
     if name_or_path.lower() not in ALIASES:
+        local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+        if local and not Path(name_or_path).expanduser().exists():
+            raise ConfigError(
+                f"model_name_or_path: {name_or_path} does not exist; give a model folder, a hub id (org/name) "
+                f"or an alias ({', '.join(ALIASES)})"
+            )
         return name_or_path
     target = cache_dir() / "models" / f"{name_or_path.lower()}-v{CONVERSION_VERSION}"
     if not (target / "config.json").exists():

@@ -16,6 +16,18 @@ class ConfigError(ValueError):
     """A bad configuration value; its message is one line naming the key and the fix."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or inf; its message is one line naming the step, the term and what was kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 @dataclass
 class UnlearningArguments:
     """Keys of the ``unlearn`` stage. Everything else in the YAML goes to llamafactory."""

@@ -60,7 +60,19 @@ def load_split(
     args.dataset = names
     if key == "retain_dataset":
         args.eval_dataset, args.val_size = None, 0.0
-    module = get_dataset(template, model_args, args, training_args, stage=stage, **tokenizer_module)
+    try:
+        module = get_dataset(template, model_args, args, training_args, stage=stage, **tokenizer_module)
+    except KeyError as err:
+        # llamafactory indexes each record by the mapped column names; a missing one is a KeyError.
+        raise ConfigError(
+            f'{key}: {",".join(names)} has no column {err}; rename it in the file or map it under "columns" '
+            f"in {data_args.dataset_dir}/dataset_info.json"
+        ) from None
+    except ValueError as err:  # a missing file, or a file with no records
+        raise ConfigError(
+            f"{key}: {','.join(names)}: {str(err).splitlines()[0]} Fix file_name in "
+            f"{data_args.dataset_dir}/dataset_info.json or give the file records"
+        ) from None
     if stage == "pt":
         module = {split: ds.map(_copy_labels, batched=True) for split, ds in module.items()}
     return module

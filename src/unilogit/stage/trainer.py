@@ -16,9 +16,11 @@ of one big batch (2 micro-batches × 2 steps = one batch of 4).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,6 +30,7 @@ from transformers import TrainerCallback
 from typing_extensions import override
 
 from unilogit import losses
+from unilogit.stage.args import TrainingDiverged
 from unilogit.stage.data import FORGET, RETAIN
 
 if TYPE_CHECKING:
@@ -170,8 +173,22 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
 
         if model.training:
             for name, value in terms.items():
-                self._term_sums[name].append(float(value.detach()))
+                number = float(value.detach())
+                if not math.isfinite(number):
+                    self._diverged(name, number)
+                self._term_sums[name].append(number)
         return (total, {"logits": logits}) if return_outputs else total
+
+    def _diverged(self, term: str, value: float) -> None:
+        """Stop before the optimizer applies a non-finite gradient: the checkpoints on disk stay good ones."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        raise TrainingDiverged(
+            f"step {self.state.global_step + 1}: {term} is {value}; the run stopped before that update and {kept}. "
+            "Lower learning_rate (or the method's hyperparameters) and resume_from_checkpoint or start again"
+        )
 
     @override
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unilogit.stage.args import ConfigError
+from unilogit.stage.args import ConfigError, TrainingInterrupted
 
 if TYPE_CHECKING:
     from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
@@ -27,13 +29,21 @@ def run_unlearn(
     from llamafactory.extras.ploting import plot_loss
     from llamafactory.model import load_model, load_tokenizer
     from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    from unilogit.stage.callbacks import StopOnSignal
     from unilogit.stage.data import PairedCollator, PairedDataset, count_supervised, load_split
     from unilogit.stage.trainer import UnlearningTrainer
 
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    try:
+        template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    except ValueError as err:  # an unknown template name, or one the tokenizer cannot carry
+        raise ConfigError(
+            f"template: {data_args.template!r}: {str(err).splitlines()[0]} Use the template of the model's chat "
+            "format (llamafactory's TEMPLATES, e.g. chatml, llama3, qwen)"
+        ) from None
     split_args = (template, model_args, data_args, training_args, tokenizer_module)
     forget = load_split(data_args.dataset, "dataset", *split_args)
     retain = (
@@ -99,7 +109,17 @@ def run_unlearn(
     )
 
     if training_args.do_train:
+        stop = StopOnSignal()
+        trainer.add_callback(stop)
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        if stop.signum is not None:
+            # Not the end of the run: no final model or metrics that a later step would contradict.
+            checkpoint = Path(training_args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+            raise TrainingInterrupted(
+                f"{signal.Signals(stop.signum).name} at step {trainer.state.global_step}: saved {checkpoint}; "
+                f"resume with resume_from_checkpoint={checkpoint}",
+                stop.signum,
+            )
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
