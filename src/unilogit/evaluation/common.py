@@ -129,56 +129,62 @@ def generate_greedy(
     is restored afterwards.
     """
     model.eval()
-    ensure_pad_token(tokenizer)
     device = model_device(model)
     outputs: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            batch = list(prompts[start : start + batch_size])
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-            input_ids = enc["input_ids"].to(device)
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=enc["attention_mask"].to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                # A batch ends once every row has produced a stop string: greedy rows are independent, so
-                # the text before the stop is the same as without it.
-                **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
-            )
-            outputs.extend(decode(tokenizer, generated[:, input_ids.shape[1] :]))
-    finally:
-        tokenizer.padding_side = side
+    for enc in padded_batches(tokenizer, prompts, batch_size, "left", desc, add_special_tokens):
+        input_ids = enc["input_ids"].to(device)
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=enc["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            # A batch ends once every row has produced a stop string: greedy rows are independent, so
+            # the text before the stop is the same as without it.
+            **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
+        )
+        outputs.extend(decode(tokenizer, generated[:, input_ids.shape[1] :]))
     return outputs
+
+
+def padded_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    side: str,
+    desc: str,
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+) -> Iterator[Any]:
+    """``texts`` tokenized ``batch_size`` at a time, padded on ``side`` (left for generation and next-token
+    logits, right for likelihoods), with a progress bar; ``tokenizer.padding_side`` is restored afterwards."""
+    ensure_pad_token(tokenizer)
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+            yield tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special_tokens,
+                truncation=max_length is not None,
+                max_length=max_length,
+            )
+    finally:
+        tokenizer.padding_side = previous
 
 
 def right_padded_batches(
     tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
     """Right-padded batches ``(input_ids, attention_mask, lengths)`` with special tokens added."""
-    ensure_pad_token(tokenizer)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-            enc = tokenizer(
-                list(texts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-            )
-            yield enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist()
-    finally:
-        tokenizer.padding_side = side
+    for enc in padded_batches(tokenizer, texts, batch_size, "right", desc, max_length=max_length):
+        yield enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist()
 
 
 def _text_log_softmax(
@@ -242,25 +248,11 @@ def next_token_logits(
     """``[len(prompts), V]`` fp32 CPU logits of the token after each prompt (left padding, so the last
     position of every row is its prompt's end)."""
     model.eval()
-    ensure_pad_token(tokenizer)
     device = model_device(model)
     rows: list[torch.Tensor] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            enc = tokenizer(
-                list(prompts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=add_special_tokens,
-            )
-            logits = model(
-                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
-            ).logits
-            rows.append(logits[:, -1].float().cpu())
-    finally:
-        tokenizer.padding_side = side
+    for enc in padded_batches(tokenizer, prompts, batch_size, "left", desc, add_special_tokens):
+        input_ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        rows.append(model(input_ids=input_ids, attention_mask=attention).logits[:, -1].float().cpu())
     return torch.cat(rows) if rows else torch.empty(0)
 
 
