@@ -138,7 +138,10 @@ def test_unlearning_from_the_browser(page, board: tuple[str, Path, int], tiny_mo
     _pick(page, "unilogit-unlearn-method", "npo")
     page.locator("#unilogit-npo-beta").wait_for(state="visible")
     page.locator("#unilogit-unilogit-target").wait_for(state="hidden")
-    assert page.locator("#unilogit-retain-loss input").input_value() == "nll"
+    # The retain loss follows through its own event, which can land after the β field appears: wait for it.
+    from playwright.sync_api import expect
+
+    expect(page.locator("#unilogit-retain-loss input")).to_have_value("nll", timeout=15_000)
 
     # Bad input: a retain loss without a retain set, then an out-of-range β. A message, and no run.
     page.get_by_role("button", name="Start", exact=True).click()
