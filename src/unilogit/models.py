@@ -77,7 +77,12 @@ def _convert_gguf(alias: str, target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Two processes converted at once (a sweep's first points): the first rename won; keep its folder.
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"[unilogit] {alias} ready", file=sys.stderr)
