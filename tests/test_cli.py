@@ -81,13 +81,16 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path, capsys: pytest.Capture
     path.write_text("stage: unlearn\nunlearn_method: [ga\n")
     code, stderr = _run_in_process(capsys, "train", str(path))
     assert code == 2
-    assert "YAML syntax error at line" in _error_line(stderr)
+    assert _error_line(stderr) == (
+        f"unilogit: error: {path}: YAML syntax error at line 3, column 1: did not find expected ',' or ']'; "
+        "fix the file"
+    )
 
 
 def test_missing_config_file(capsys: pytest.CaptureFixture) -> None:
     code, stderr = _run_in_process(capsys, "train", "no/such/config.yaml")
     assert code == 2
-    assert "does not exist" in _error_line(stderr)
+    assert _error_line(stderr) == "unilogit: error: config file no/such/config.yaml does not exist; check the path"
 
 
 def test_empty_forget_set_is_refused(tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

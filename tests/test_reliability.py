@@ -83,6 +83,11 @@ TRAIN_CASES: list[tuple[str, dict | Callable[[Path], dict], str]] = [
     ("model path missing", {"model_name_or_path": "/no/such/model"}, "model_name_or_path: /no/such/model does not"),
     ("unknown template", {"template": "nosuch"}, "template: 'nosuch': Template nosuch does not exist."),
     (
+        "template of another model family",
+        {"template": "llama3"},
+        "template: 'llama3' does not match the model: it adds <|eom_id|>, <|eot_id|>, which the tokenizer lacks.",
+    ),
+    (
         "DeepSpeed without its package",
         {"deepspeed": "examples/deepspeed/ds_z3_config.json"},
         "deepspeed: the deepspeed package is not installed; pip install deepspeed",
@@ -129,6 +134,30 @@ def test_output_folder_with_results_needs_overwrite(
     assert (out / "trainer_log.jsonl").read_text() == '{"current_steps": 1, "loss": 1.0}\n'
 
 
+def test_deepspeed_without_a_gpu_is_one_line_and_writes_nothing(
+    tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package is there (faked: this machine has none) and no accelerator is visible (forced, for GPU hosts)."""
+    import importlib.util
+
+    import llamafactory.extras.misc
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else find_spec(name, *a)
+    )
+    monkeypatch.setattr(llamafactory.extras.misc, "get_device_count", lambda: 0)
+    out = tmp_path / "out"
+    config = base_config(
+        tiny_model_dir, out, overwrite_output_dir=False, deepspeed="examples/deepspeed/ds_z3_config.json"
+    )
+    line = _error_line(cli.main(["train", _write_config(tmp_path, config)]), capsys.readouterr().err)
+    assert line == (
+        "unilogit: error: deepspeed: DeepSpeed needs a GPU and none is visible; remove deepspeed: to train on the CPU"
+    )
+    assert not out.exists()
+
+
 def _broken_copy(tmp_path: Path, benchmark: str, damage: Callable[[Path], None]) -> str:
     data = tmp_path / benchmark
     shutil.copytree(FIXTURES / benchmark, data)
@@ -144,11 +173,22 @@ def _remove(relative: str) -> Callable[[Path], None]:
     return lambda data: shutil.rmtree(data / relative) if (data / relative).is_dir() else (data / relative).unlink()
 
 
+NOT_JSON = " is not valid JSON (Unterminated string starting at at line 1): fix the file"
 EVAL_CASES = [
-    ("muse", "malformed split", _truncate("knowmem/forget_qa.json"), "knowmem/forget_qa.json"),
-    ("muse", "missing split", _remove("verbmem/forget.json"), "missing MUSE file"),
-    ("rwku", "malformed split", _truncate("forget_level1/test.json"), "forget_level1/test.json"),
-    ("rwku", "missing split", _remove("utility_general"), "missing RWKU file"),
+    ("muse", "malformed split", _truncate("knowmem/forget_qa.json"), "/muse/knowmem/forget_qa.json" + NOT_JSON),
+    (
+        "muse",
+        "missing split",
+        _remove("verbmem/forget.json"),
+        "/muse/verbmem/forget.json: write it as a JSON list of {prompt, gt} records, or use export_muse",
+    ),
+    ("rwku", "malformed split", _truncate("forget_level1/test.json"), "/rwku/forget_level1/test.json" + NOT_JSON),
+    (
+        "rwku",
+        "missing split",
+        _remove("utility_general"),
+        "/rwku/utility_general/test.json: write it as a JSON list of {question, choices, answer, examples} records",
+    ),
 ]
 
 

@@ -123,7 +123,7 @@ def test_preview_shows_our_cli_and_keys(ui: dict[str, Any]) -> None:
     [
         ({"unlearn_method": "unilogit", "retain_loss": "kl"}, "retain_loss: kl needs a retain set"),
         ({"unlearn_method": "npo", "retain_loss": "none", "npo_beta": -1.0}, "npo_beta: -1.0 is out of range"),
-        ({"unlearn_method": "ga", "retain_loss": "none", "retain_weight": None}, "retain_weight: None is out of"),
+        ({"unlearn_method": "ga", "retain_loss": "none", "retain_weight": None}, "retain_weight: None is not a number"),
     ],
 )
 def test_bad_input_is_a_message_and_starts_nothing(ui: dict[str, Any], train: dict[str, Any], message: str) -> None:

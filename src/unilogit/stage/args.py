@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import enum
 import math
+import reprlib
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 RETAIN_LOSSES = ("none", "nll", "kl")
 UNILOGIT_TARGETS = ("current", "initial")
@@ -78,6 +85,11 @@ class UnlearningArguments:
         _choice("unlearn_method", self.unlearn_method, tuple(METHODS))
         _choice("unilogit_target", self.unilogit_target, UNILOGIT_TARGETS)
         _choice("unilogit_divergence", self.unilogit_divergence, DIVERGENCES)
+        if self.retain_dataset is not None and not isinstance(self.retain_dataset, str):
+            raise ConfigError(
+                f"retain_dataset: {show(self.retain_dataset)} is not valid; use dataset names from "
+                "dataset_info.json, comma-separated (retain_dataset: a,b)"
+            )
         if self.retain_dataset is not None and not self.retain_dataset.strip():
             self.retain_dataset = None
         if self.retain_loss is None:
@@ -112,16 +124,30 @@ class UnlearningArguments:
 UNLEARNING_KEYS = tuple(f.name for f in fields(UnlearningArguments))
 
 
+_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
+
+
+def show(value: Any) -> str:
+    """A config value as error messages quote it: its repr, shortened, always on one line."""
+    return _REPR.repr(value)
+
+
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not valid; allowed values: {' | '.join(allowed)}")
+    if not (isinstance(value, str) and value in allowed):
+        raise ConfigError(f"{key}: {show(value)} is not valid; allowed values: {' | '.join(allowed)}")
 
 
 def _bounded(key: str, value: Any, low: float, strict: bool) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value) and (value > low if strict else value >= low)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"{key}: {show(value)} is not a number; use e.g. {key}=0.5")
+    try:
+        ok = math.isfinite(value) and (value > low if strict else value >= low)
+    except OverflowError:  # an int too large for a float
+        ok = False
     if not ok:
         bound = f"> {low:g}" if strict else f">= {low:g}"
-        raise ConfigError(f"{key}: {value!r} is out of range; use a finite number {bound}")
+        raise ConfigError(f"{key}: {show(value)} is out of range; use a finite number {bound}")
 
 
 def split_unlearning_args(args: dict[str, Any]) -> tuple[UnlearningArguments, dict[str, Any]]:
@@ -132,7 +158,7 @@ def split_unlearning_args(args: dict[str, Any]) -> tuple[UnlearningArguments, di
             try:
                 ours[key] = float(ours[key])
             except ValueError:
-                raise ConfigError(f"{key}: {ours[key]!r} is not a number; use e.g. {key}=0.5") from None
+                raise ConfigError(f"{key}: {show(ours[key])} is not a number; use e.g. {key}=0.5") from None
     unlearning_args = UnlearningArguments(**ours)
     if unlearning_args.ref_offload and (args.get("deepspeed") or args.get("fsdp")):
         raise ConfigError(
@@ -142,7 +168,143 @@ def split_unlearning_args(args: dict[str, Any]) -> tuple[UnlearningArguments, di
     return unlearning_args, args
 
 
-def nearest_key(key: str, valid: list[str]) -> str | None:
-    """The valid key closest to a misspelled one, or None."""
+def nearest_key(key: Any, valid: list[str]) -> str | None:
+    """The valid key closest to a misspelled one, or None (always None for a key that is not a string)."""
+    if not isinstance(key, str):
+        return None
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Types of llamafactory's keys
+# --------------------------------------------------------------------------------------------------
+
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+class _Refused(Exception):
+    """A value that does not fit a type; the message says what would."""
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(m) for m in typing.get_args(hint) if m is not type(None)))
+    if origin is Literal:
+        return "one of " + " | ".join(str(c) for c in typing.get_args(hint))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + " | ".join(str(m.value) for m in hint)
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if origin in (list, tuple) or hint in (list, tuple):
+        return "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` as a ``hint``, converting the spellings HfArgumentParser accepts on a command line
+    ("1e-5" for a float, "true" for a bool); raises ``_Refused`` when it does not fit."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
+            return None
+        for member in sorted(members, key=lambda m: not _fits_exactly(value, m)):  # an exact fit first
+            if member is not type(None):
+                try:
+                    return _coerce(value, member)
+                except _Refused:
+                    pass
+        raise _Refused(_describe(hint))
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _Refused("null")
+    if origin is Literal:
+        for choice in typing.get_args(hint):
+            if type(value) is type(choice) and value == choice:
+                return value
+        raise _Refused(_describe(hint))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint) or any(type(value) is type(m.value) and value == m.value for m in hint):
+            return value
+        raise _Refused(_describe(hint))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise _Refused(_describe(hint))
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise _Refused(_describe(hint))
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _Refused(_describe(hint))
+    if hint is str or hint is Path:
+        if isinstance(value, str):
+            return value
+        raise _Refused(_describe(hint))
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise _Refused(_describe(hint))
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_coerce(v, item) for v in value]
+    if origin is dict or hint is dict:
+        if isinstance(value, Mapping):
+            return value
+        raise _Refused(_describe(hint))
+    return value  # a class of its own (GenerationConfig, ...): llamafactory judges it
+
+
+def _fits_exactly(value: Any, hint: Any) -> bool:
+    if isinstance(hint, type) and not issubclass(hint, enum.Enum):
+        return type(value) is hint or (hint is float and type(value) is int)
+    return False
+
+
+def check_field_types(config: Mapping[str, Any], classes: Iterable[type], skip: Iterable[str] = ()) -> dict[str, Any]:
+    """``config`` with each value of a field of ``classes`` checked against the field's annotation.
+
+    llamafactory hands a config dict to its dataclasses as it is (``HfArgumentParser.parse_dict``
+    converts nothing), so ``learning_rate: abc`` would pass and ``logging_steps: x`` fail with a
+    ``TypeError`` deep inside transformers. Numbers and booleans written as strings ("1e-5", "true")
+    are converted, as on a command line; ``None`` is accepted where the field allows it or defaults
+    to it. Keys in ``skip`` and keys of no field pass unchanged. Raises ``ConfigError`` naming the key,
+    the value and what it should be.
+    """
+    out = dict(config)
+    skip = set(skip)
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in out or f.name in skip or not f.init:
+                continue
+            value = out[f.name]
+            if value is None and f.default is None:
+                continue
+            try:
+                out[f.name] = _coerce(value, hints[f.name])
+            except _Refused as want:
+                raise ConfigError(f"{f.name}: {show(value)} is not valid; use {want}") from None
+    return out

@@ -37,6 +37,7 @@ def run_unlearn(
 
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
+    known = set(tokenizer.get_vocab())
     try:
         template = get_template_and_fix_tokenizer(tokenizer, data_args)
     except ValueError as err:  # an unknown template name, or one the tokenizer cannot carry
@@ -44,6 +45,15 @@ def run_unlearn(
             f"template: {data_args.template!r}: {str(err).splitlines()[0]} Use the template of the model's chat "
             "format (llamafactory's TEMPLATES, e.g. chatml, llama3, qwen)"
         ) from None
+    added = sorted(set(tokenizer.get_vocab()) - known)
+    if added and not model_args.resize_vocab:
+        # The template's special tokens are new to this tokenizer: it is another model family's format, and
+        # the new token ids lie past the model's embedding (an IndexError in the first forward pass).
+        raise ConfigError(
+            f"template: {data_args.template!r} does not match the model: it adds {', '.join(added)}, which the "
+            "tokenizer lacks. Use the template of the model's chat format, or set resize_vocab: true to train "
+            "new embeddings for them"
+        )
     split_args = (template, model_args, data_args, training_args, tokenizer_module)
     forget = load_split(data_args.dataset, "dataset", *split_args)
     retain = (
