@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unilogit import cli
-from unilogit.evaluation.common import completion_log_probs, next_token_logits
+from unilogit.evaluation.common import MIN_SHARED_PREFIX, completion_log_probs, logits_at, next_token_logits
 from unilogit.evaluation.rwku import (
     HUB_ID,
     METRIC_KEYS,
@@ -211,6 +211,46 @@ def test_completion_log_probs_by_hand(tiny) -> None:
         assert score == pytest.approx(expected, abs=1e-4) and score < 0
 
 
+def _single_row_logits(model, row: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([row])).logits[0].float()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_logits_at_with_shared_prefixes_equal_one_pass_per_row(tiny, batch_size: int) -> None:
+    """Rows sharing a few-shot prefix (two groups, one row sharing nothing, one sharing only a short head,
+    different lengths and first scored positions) get the logits of a plain forward pass of each row."""
+    model, tokenizer, _ = tiny
+    shots = tokenizer("Question: who wrote the notes? Answer: Ada.\n" * 4)["input_ids"]
+    other = tokenizer("Q: what did Turing break? A: the Enigma.\n" * 4)["input_ids"]
+    assert len(shots) > MIN_SHARED_PREFIX and len(other) > MIN_SHARED_PREFIX
+    tail = tokenizer(" and the engine was never built", add_special_tokens=False)["input_ids"]
+    rows = [shots + tail[:3], shots + tail, shots + tail[2:], other + tail[:1], other + tail[:5],
+            tail, shots[:5] + tail]  # fmt: skip
+    starts = [len(shots) - 1, len(shots) + 2, len(shots), len(other) - 1, len(other) - 3, 0, 3]
+    got = logits_at(model, rows, starts, batch_size=batch_size)
+    for row, start, mine in zip(rows, starts, got, strict=True):
+        assert mine.shape[0] == len(row) - start
+        torch.testing.assert_close(mine, _single_row_logits(model, row)[start:], atol=1e-4, rtol=1e-4)
+
+
+def test_next_token_logits_and_completions_share_a_primer(tiny) -> None:
+    """The TruthfulQA shape: one long primer, then per question its choices, all from one prefix pass."""
+    model, tokenizer, _ = tiny
+    primer = "Q: What is the engine? A: A machine that computes.\n" * 3
+    prompts = [primer + "Q: who? A:", primer + "Q: a much longer question about the engine? A:"]
+    logits = next_token_logits(model, tokenizer, prompts, batch_size=4)
+    pairs = [(p, c) for p in prompts for c in (" Ada", " the Analytical Engine")]
+    scores = completion_log_probs(model, tokenizer, pairs, batch_size=3)
+    for prompt, row in zip(prompts, logits, strict=True):
+        torch.testing.assert_close(row, _single_row_logits(model, tokenizer(prompt)["input_ids"])[-1],
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+    for (prompt, completion), score in zip(pairs, scores, strict=True):
+        head, tail = tokenizer(prompt)["input_ids"], tokenizer(completion, add_special_tokens=False)["input_ids"]
+        log_probs = torch.log_softmax(_single_row_logits(model, head + tail), dim=-1)
+        assert score == pytest.approx(sum(float(log_probs[len(head) - 1 + i, t]) for i, t in enumerate(tail)), abs=1e-4)
+
+
 # ----------------------------------------------------------------------------------------- commands
 
 
@@ -249,8 +289,11 @@ def test_rwku_run_unlearns_each_target_from_the_original(
     assert json.loads((folder / "data" / "forget.json").read_text()) == [
         {"text": "Alan Turing was a computer scientist who broke codes at Bletchley Park."}
     ]
-    # ga.yaml has a KL retain term: the general texts are its retain set.
+    # ga.yaml has a KL retain term: the general chats are its retain set, templated as prompt and response.
     assert len(json.loads((folder / "data" / "retain.json").read_text())) == 2
+    info = json.loads((folder / "data" / "dataset_info.json").read_text())
+    assert info["rwku_retain"]["columns"] == {"prompt": "prompt", "response": "text"}
+    assert info["rwku_forget"]["columns"] == {"prompt": "text"}
     assert (folder / "model" / "adapter_config.json").is_file()
     row = json.loads((out / "rwku_results.json").read_text())["ga"]
     assert list(row["per_target"]) == ["Alan Turing"] and row["mmlu"] is None and row["forget_all"] is not None

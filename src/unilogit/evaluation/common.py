@@ -236,7 +236,90 @@ def token_statistics(
     return out
 
 
+# Rows that share at least this many leading tokens (a few-shot header, a primer, one question's choices) are
+# scored from one forward pass of that prefix and its KV cache: the shots are then encoded once, not per row.
+MIN_SHARED_PREFIX = 16
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _prefix_groups(sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """Consecutive rows grouped by a shared prefix: ``(prefix length, row indices)``. The prefix stops at the
+    first scored position of every row (so each row's scored logits come from its prefix's last position
+    and its own tokens) and leaves every row at least one token of its own."""
+    groups: list[tuple[int, list[int]]] = []
+    for i, row in enumerate(sequences):
+        limit = min(starts[i] + 1, len(row) - 1)
+        if groups:
+            length, members = groups[-1]
+            shared = min(length, limit, _common_length(sequences[members[0]], row))
+            if shared >= MIN_SHARED_PREFIX:
+                groups[-1] = (shared, [*members, i])
+                continue
+        groups.append((limit, [i]))
+    return [(length if len(members) > 1 else 0, members) for length, members in groups]
+
+
 @torch.no_grad()
+def logits_at(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    batch_size: int = 8,
+    desc: str = "scoring",
+) -> list[torch.Tensor]:
+    """For each token row, its fp32 CPU logits at positions ``start .. len(row) - 1`` (``[len - start, V]``).
+
+    Rows sharing a long prefix (:data:`MIN_SHARED_PREFIX`) run it once with batch 1; the rest of each row
+    then runs right-padded on a copy of its KV cache, and only at the positions asked for does the model
+    compute logits. The values equal one forward pass per row up to float rounding.
+    """
+    import copy
+
+    model.eval()
+    device = model_device(model)
+    pad = 0  # any id: padded positions are masked out and never scored
+    out: list[torch.Tensor | None] = [None] * len(sequences)
+    groups = _prefix_groups(sequences, starts)
+    with tqdm(total=len(sequences), desc=desc, leave=False) as bar:
+        for length, members in groups:
+            cache, last = None, None
+            if length:
+                prefix = torch.tensor([sequences[members[0]][:length]], device=device)
+                run = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+                cache, last = run.past_key_values, run.logits[0, -1:].float().cpu()
+            for begin in range(0, len(members), batch_size):
+                rows = members[begin : begin + batch_size]
+                width = max(len(sequences[r]) - length for r in rows)
+                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                attention = torch.zeros((len(rows), length + width), dtype=torch.long)
+                attention[:, :length] = 1
+                for j, r in enumerate(rows):
+                    own = sequences[r][length:]
+                    input_ids[j, : len(own)] = torch.tensor(own)
+                    attention[j, length : length + len(own)] = 1
+                # Logits only from the earliest position asked for: the lm head is the costliest layer per token.
+                first = min(max(starts[r], length) for r in rows)
+                kwargs: dict[str, Any] = {"logits_to_keep": length + width - first}
+                if cache is not None:
+                    kwargs["past_key_values"] = copy.deepcopy(cache)
+                    kwargs["past_key_values"].batch_repeat_interleave(len(rows))
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
+                logits = logits.float().cpu()  # logits[:, 0] is at position `first`
+                for j, r in enumerate(rows):
+                    mine = logits[j, max(starts[r], length) - first : len(sequences[r]) - first]
+                    out[r] = torch.cat([last, mine]) if length and starts[r] == length - 1 else mine
+                bar.update(len(rows))
+    return out  # type: ignore[return-value]
+
+
 def next_token_logits(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -245,18 +328,12 @@ def next_token_logits(
     add_special_tokens: bool = True,
     desc: str = "next token",
 ) -> torch.Tensor:
-    """``[len(prompts), V]`` fp32 CPU logits of the token after each prompt (left padding, so the last
-    position of every row is its prompt's end)."""
-    model.eval()
-    device = model_device(model)
-    rows: list[torch.Tensor] = []
-    for enc in padded_batches(tokenizer, prompts, batch_size, "left", desc, add_special_tokens):
-        input_ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        rows.append(model(input_ids=input_ids, attention_mask=attention).logits[:, -1].float().cpu())
+    """``[len(prompts), V]`` fp32 CPU logits of the token after each prompt (see :func:`logits_at`)."""
+    sequences = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    rows = logits_at(model, sequences, [len(s) - 1 for s in sequences], batch_size, desc)
     return torch.cat(rows) if rows else torch.empty(0)
 
 
-@torch.no_grad()
 def completion_log_probs(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -270,32 +347,20 @@ def completion_log_probs(
     The prompt and the completion are tokenized separately and joined, so the completion's tokens are
     exactly its own tokenization whatever the prompt ends with.
     """
-    model.eval()
-    ensure_pad_token(tokenizer)
-    device = model_device(model)
-    sequences = []
+    heads, tails = [], []
     for prompt, completion in pairs:
-        head = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
         tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
         if not tail:
             raise ValueError(f"completion {completion!r} has no tokens")
-        sequences.append((head, tail))
-    scores: list[float] = []
-    for start in tqdm(range(0, len(sequences), batch_size), desc=desc, leave=False):
-        batch = sequences[start : start + batch_size]
-        width = max(len(h) + len(t) for h, t in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, (head, tail) in enumerate(batch):
-            input_ids[row, : len(head) + len(tail)] = torch.tensor(head + tail)
-            attention[row, : len(head) + len(tail)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        for row, (head, tail) in enumerate(batch):
-            # The logits at positions len(head)-1 .. len(head)+len(tail)-2 predict the completion's tokens.
-            log_probs = F.log_softmax(logits[row, len(head) - 1 : len(head) + len(tail) - 1].float(), dim=-1)
-            targets = torch.tensor(tail, device=log_probs.device)
-            scores.append(float(log_probs.gather(-1, targets[:, None]).sum()))
-    return scores
+        heads.append(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+        tails.append(tail)
+    sequences = [h + t for h, t in zip(heads, tails, strict=True)]
+    # The logits at positions len(head)-1 .. len(head)+len(tail)-2 predict the completion's tokens.
+    rows = logits_at(model, sequences, [len(h) - 1 for h in heads], batch_size, desc)
+    return [
+        float(F.log_softmax(row[:-1], dim=-1).gather(-1, torch.tensor(tail)[:, None]).sum())
+        for row, tail in zip(rows, tails, strict=True)
+    ]
 
 
 # -------------------------------------------------------------------------------------------- table
