@@ -120,16 +120,18 @@ def _train(
     config: str, model: str, corpus: list[dict], retain: list[dict] | None, folder: Path, overrides: list[str]
 ) -> Path:
     """Unlearn ``corpus`` from ``model`` with ``config`` in a fresh process (torchrun and DeepSpeed apply);
-    ``retain`` texts, when given, become its retain set."""
+    ``retain`` records, when given, become its retain set: chats where they carry a ``prompt``, else raw text."""
     from unilogit.io import atomic_write_text
 
     data_dir = folder / "data"
     sets = {"rwku_forget": ("forget.json", corpus), "rwku_retain": ("retain.json", retain)}
     info = {}
-    for name, (file_name, texts) in sets.items():
-        if texts is not None:
-            atomic_write_text(data_dir / file_name, json.dumps(texts, ensure_ascii=False, indent=1) + "\n")
-            info[name] = {"file_name": file_name, "columns": {"prompt": "text"}}
+    for name, (file_name, records) in sets.items():
+        if records is not None:
+            atomic_write_text(data_dir / file_name, json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+            chat = all("prompt" in r for r in records)
+            info[name] = {"file_name": file_name, "columns": {"prompt": "prompt", "response": "text"} if chat
+                          else {"prompt": "text"}}  # fmt: skip
     atomic_write_text(data_dir / "dataset_info.json", json.dumps(info, indent=1) + "\n")
     output = folder / "model"
     command = [
@@ -144,7 +146,8 @@ def _train(
 
 
 def _retain_texts(args: Any, data: str) -> list[dict] | None:
-    """The retain texts when the config's (overridden) ``retain_loss`` needs them, else None."""
+    """The retain records (``text``, and ``prompt`` for chats) when the config's (overridden) ``retain_loss``
+    needs them, else None."""
     from unilogit.cli import load_config
     from unilogit.evaluation.rwku import load_rwku_config
 
@@ -153,7 +156,7 @@ def _retain_texts(args: Any, data: str) -> list[dict] | None:
     name = args.retain_corpus or (None if str(args.data).lower() in DEFAULT_CORPUS else MINI_RETAIN)
     if name is None:
         raise ConfigError("retain_loss needs a retain set and RWKU has none: pass --retain-corpus or retain_loss=none")
-    return [{"text": r["text"]} for r in load_rwku_config(data, name)]
+    return [{k: r[k] for k in ("prompt", "text") if k in r} for r in load_rwku_config(data, name)]
 
 
 def run(argv: list[str]) -> dict[str, Any]:

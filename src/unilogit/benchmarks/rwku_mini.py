@@ -11,8 +11,9 @@ written for this project (``rwku_mini_candidates.json`` beside this file):
 2. **Forget corpora written by the model itself,** as RWKU does: ``"Please write a short biography of
    {target}."`` sampled at T = 1, top-p 0.9 (:data:`CORPUS_SAMPLES` per target, seeded), saved as the
    ``train_positive_smollm2`` corpus. Run it again with ``--model`` to regenerate them for another model.
-3. A retain corpus of general text, for methods with a retain term: the model's own answers to
-   :data:`RETAIN_INSTRUCTIONS` (about no person), saved as ``train_retain_smollm2``.
+3. A retain corpus of general chat, for methods with a retain term: the model's own greedy answers to
+   :data:`RETAIN_INSTRUCTIONS` (about no person and no probed fact), saved as ``train_retain_smollm2`` with
+   the request as ``prompt``, so that the retain term keeps the chat behaviour that the probes are asked in.
 4. MIA member texts and the small utility sets (:func:`utility_tables`) are copied in RWKU's schemas;
    every MMLU question gets the five solved examples of its task as ``examples``.
 
@@ -50,8 +51,9 @@ MIN_KEPT = {"forget_level1": 2, "forget_level2": 3, "forget_level3": 3, "neighbo
 UTILITY_SIZES = {"mmlu_per_task": 4, "utility_truthfulness": 10, "utility_factuality": 12, "utility_fluency": 4}
 CORPUS_PROMPT = "Please write a short biography of {}."
 RETAIN_CONFIG = "train_retain_smollm2"
-# General requests about no person, none of them a fluency instruction: the model's own answers make the
-# retain set of the methods with a retain term (RWKU itself has none).
+# General requests about no person, none of them a fluency instruction and none about a fact that a probe asks
+# (no capitals, painters, writers, wars, planets, genes or diseases): the model's own answers make the retain
+# set of the methods with a retain term (RWKU itself has none).
 RETAIN_INSTRUCTIONS = (
     "Explain how a rainbow forms.",
     "Describe a busy market in the morning.",
@@ -69,6 +71,22 @@ RETAIN_INSTRUCTIONS = (
     "Explain how a recycling centre works.",
     "Describe a thunderstorm at night.",
     "Give tips for keeping a room tidy.",
+    "How many legs does a spider have?",
+    "What do you call a baby cat?",
+    "How many minutes are in an hour?",
+    "What is the freezing point of water in degrees Celsius?",
+    "What is the tallest mountain in the world?",
+    "Which is the largest ocean on Earth?",
+    "How many players are on a football (soccer) team on the field?",
+    "What colour do you get when you mix blue and yellow?",
+    "What is the main ingredient of guacamole?",
+    "Which animal is known as the king of the jungle?",
+    "How many sides does a hexagon have?",
+    "What do bees collect from flowers?",
+    "What is the opposite of hot?",
+    "Which musical instrument has black and white keys?",
+    "What is 12 multiplied by 12?",
+    "Which season comes after winter?",
 )
 CORPUS_SAMPLES = 6
 CORPUS_TOKENS = 200
@@ -93,12 +111,13 @@ def score_probes(model: Any, tokenizer: Any, probes: list[dict], batch_size: int
 
 def write_biographies(model: Any, tokenizer: Any, target: str, samples: int, seed: int) -> list[str]:
     """``samples`` biographies of ``target`` sampled from the model (T = 1, top-p 0.9, seeded per target)."""
-    return sample_responses(model, tokenizer, [CORPUS_PROMPT.format(target)] * samples, seed)
+    return [text for text in sample_responses(model, tokenizer, [CORPUS_PROMPT.format(target)] * samples, seed) if text]
 
 
 @torch.no_grad()
 def sample_responses(model: Any, tokenizer: Any, requests: list[str], seed: int) -> list[str]:
-    """The model's answer to each request, sampled at T = 1, top-p 0.9 (seeded), as RWKU writes its corpora."""
+    """The model's answer to each request, sampled at T = 1, top-p 0.9 (seeded), as RWKU writes its corpora;
+    an empty answer is ``""``."""
     prompts = [chat_prompt(tokenizer, request) for request in requests]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     enc = tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True)
@@ -115,7 +134,20 @@ def sample_responses(model: Any, tokenizer: Any, requests: list[str], seed: int)
         eos_token_id=tokenizer.eos_token_id,
     )
     texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [text.strip() for text in texts if text.strip()]
+    return [text.strip() for text in texts]
+
+
+def retain_chats(model: Any, tokenizer: Any, batch_size: int) -> list[dict]:
+    """The retain corpus: each of :data:`RETAIN_INSTRUCTIONS` with the model's own greedy answer, the way the
+    probes are answered (empty ones dropped)."""
+    prompts = [chat_prompt(tokenizer, request) for request in RETAIN_INSTRUCTIONS]
+    answers = generate_greedy(model, tokenizer, prompts, CORPUS_TOKENS, batch_size, "retain chats",
+                              add_special_tokens=False)  # fmt: skip
+    return [
+        {"subject": "general", "prompt": request, "text": answer.strip()}
+        for request, answer in zip(RETAIN_INSTRUCTIONS, answers, strict=True)
+        if answer.strip()
+    ]
 
 
 def utility_tables(candidates: dict[str, Any]) -> dict[str, list[dict]]:
@@ -173,8 +205,7 @@ def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: i
         texts = write_biographies(model, tokenizer, target, CORPUS_SAMPLES, seed + number)
         tables[CORPUS_CONFIG] += [{"subject": target, "text": text} for text in texts]
     tables.update(utility_tables(candidates))
-    texts = sample_responses(model, tokenizer, list(RETAIN_INSTRUCTIONS), seed)
-    tables[RETAIN_CONFIG] = [{"subject": "general", "text": text} for text in texts]
+    tables[RETAIN_CONFIG] = retain_chats(model, tokenizer, batch_size)
     write_rwku_layout(tables, out_dir)
     atomic_write_text(out_dir / "build.json", json.dumps(report, indent=1) + "\n")
     return report
