@@ -3,8 +3,9 @@
 Values and gradients of the lean losses on fp32 logits must agree to 1e-5 relative with the
 straightforward formulas evaluated in float64 (in fp32 those are themselves off by more than that
 where log p − log p̃ cancels), across many chunks (the chunk size is shrunk to a few rows). On bf16
-logits both compute in fp32 and must agree. The lean losses must keep no ``[N, V]`` tensor for the
-backward pass beyond the logits they were given.
+logits both compute in fp32 and must agree. The lean losses compute the gradient in the forward pass
+and must keep nothing vocabulary-sized for the backward pass but that gradient, which the backward
+pass hands over without another ``[B, T, V]`` allocation.
 """
 
 from __future__ import annotations
@@ -124,7 +125,67 @@ def test_lean_keeps_no_vocabulary_sized_copy_for_backward(name: str) -> None:
     n = int((y[:, 1:] != IGNORE).sum())
     assert 4 * n < VOCAB  # so a few statistics per position stay below one vocabulary row
     big = [t for t in _saved_for_backward(lean, name, z, r, h, y) if t.numel() >= VOCAB]
-    assert all(t.data_ptr() == z.data_ptr() for t in big), [tuple(t.shape) for t in big]
+    assert not big, [tuple(t.shape) for t in big]  # not even the logits: the gradient is already computed
     # The straightforward formulas keep fp32 [N, V] copies: the check above would catch them.
     copies = [t for t in _saved_for_backward(naive, name, z, r, h, y) if t.numel() >= n * VOCAB]
     assert any(t.data_ptr() != z.data_ptr() for t in copies)
+
+
+def _row_losses(out: torch.Tensor) -> list:
+    """The ``_RowLoss`` nodes of ``out``'s graph."""
+    found, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_RowLossBackward":
+            found.append(node)
+        stack.extend(child for child, _ in node.next_functions)
+    return found
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_backward_hands_over_the_gradient_computed_in_the_forward_pass(name: str, dtype: torch.dtype) -> None:
+    z, r, h, y = _case(6, dtype)
+    z.requires_grad_(True)
+    out = LOSSES[name](lean, z, r, h, y)
+    (node,) = _row_losses(out)  # the reference's NLL for NPO runs without gradient, so it has no node
+    buffer = node.buffer
+    assert buffer.shape == z.shape and buffer.dtype == dtype
+    (grad,) = torch.autograd.grad(out, z)
+    assert grad.data_ptr() == buffer.data_ptr()  # scaled in place: the backward pass allocated no [B, T, V]
+    assert node.buffer is None  # handed over, not kept alive by the graph
+    masked = torch.ones(y.shape, dtype=torch.bool)
+    masked[:, :-1] = y[:, 1:] == IGNORE
+    assert torch.equal(grad[masked], torch.zeros_like(grad[masked]))
+
+
+def test_a_second_backward_through_the_same_loss_is_refused() -> None:
+    z, _, _, y = _case(7)
+    z.requires_grad_(True)
+    out = lean.nll_loss(z, y)
+    torch.autograd.grad(out, z, retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward twice"):
+        torch.autograd.grad(out, z)
+
+
+@pytest.mark.parametrize("name", ["nll", "undial", "unilogit_reverse", "unilogit_forward_initial"])
+def test_no_gradient_buffer_without_gradients(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    z, r, h, y = _case(8)
+    want = LOSSES[name](lean, z.clone().requires_grad_(True), r, h, y).detach()
+    sizes: list[int] = []
+    zeros_like = torch.zeros_like
+
+    def counting(t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        sizes.append(t.numel())
+        return zeros_like(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros_like", counting)
+    with torch.no_grad():
+        under_no_grad = LOSSES[name](lean, z.clone().requires_grad_(True), r, h, y)
+    without_grad = LOSSES[name](lean, z, r, h, y)
+    assert max(sizes, default=0) < VOCAB, sizes
+    assert under_no_grad.grad_fn is None and without_grad.grad_fn is None
+    assert torch.equal(under_no_grad, want) and torch.equal(without_grad, want)

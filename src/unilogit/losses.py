@@ -12,10 +12,13 @@ Conventions shared by every function (see docs/METHODS.md):
 
 Memory: every loss reads the supervised rows of the logits in chunks of about ``CHUNK_ELEMENTS``
 values, upcasts only the chunk to fp32, and writes its gradient out by hand (a custom autograd
-function), so no fp32 copy of ``[N, V]`` is kept for the backward pass: it saves the logits it was
-given and one fp32 value per position, and recomputes a chunk's softmax when the gradient is asked
-for. The backward pass allocates the gradient of the logits (the model needs it) and one chunk.
-:mod:`unilogit.losses_reference` holds the straightforward formulas these match.
+function): when the logits need a gradient, the forward pass turns each chunk in place into its
+∂ℓ/∂z (for NLL, exp(z − logsumexp z) − onehot(y)) and stores it in a zero-filled buffer shaped like
+the logits, in their dtype. That buffer and the positions' indices are all a loss keeps, not
+even the logits; the backward pass scales each row of the buffer by the gradient of its value (for
+NPO and SimNPO the per-sequence weight, known once the forward pass is done), in place, and returns
+it. So value and gradient together need the gradient of the logits (the model needs it anyway) and a
+few chunks. :mod:`unilogit.losses_reference` holds the straightforward formulas these match.
 
 Each public loss returns a 0-dim tensor that is differentiable with respect to ``logits``.
 ``ref_logits`` and ``target_logits`` may also be given as the ``[N, V]`` rows at the supervised
@@ -38,8 +41,9 @@ IGNORE_INDEX = -100
 
 Divergence = Literal["reverse", "forward"]
 
-# fp32 values per chunk of rows (16 MiB): bounds each temporary whatever the batch and vocabulary.
-CHUNK_ELEMENTS = 1 << 22
+# fp32 values per chunk of rows (4 MiB, 8 rows of Llama 3's vocabulary): bounds each temporary whatever
+# the batch and vocabulary, small beside the gradient of the logits, the one full-size tensor a loss makes.
+CHUNK_ELEMENTS = 1 << 20
 
 Index = tuple[torch.Tensor, ...]
 
@@ -76,15 +80,11 @@ def check_divergence(divergence: str) -> None:
 class _Kernel(ABC):
     """A per-position loss ℓ(z) of fp32 logits ``z [C, V]``, labels ``y [C]`` and optional rows
     ``aux [C, V]`` of a second, constant source (reference or target logits). Both are fresh copies
-    with each row shifted by its maximum (see :func:`_gather`)."""
+    with each row shifted by its maximum (see :func:`_gather`), scratch space the kernel may overwrite."""
 
     @abstractmethod
-    def forward(self, z: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None) -> torch.Tensor:
-        """Per-row statistics ``[C, K]``: column 0 is ℓ, the others are what :meth:`grad` reuses."""
-
-    @abstractmethod
-    def grad(self, z: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None, stats: torch.Tensor) -> torch.Tensor:
-        """∂ℓ/∂z ``[C, V]``, given the chunk's statistics from :meth:`forward`."""
+    def __call__(self, z: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None, grad: bool) -> torch.Tensor:
+        """ℓ per row ``[C]``; with ``grad``, also overwrite ``z`` in place with ∂ℓ/∂z."""
 
 
 def _rows_of(n: int, device: torch.device) -> torch.Tensor:
@@ -95,53 +95,46 @@ def _at_label(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.gather(1, y[:, None]).squeeze(1)
 
 
-def _softmax_from(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """softmax(x) from its precomputed logsumexp: one pass fewer than ``F.softmax``."""
-    return torch.exp(x - lse[:, None])
+def _softmax_(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """softmax(x), in place, from its precomputed logsumexp."""
+    return x.sub_(lse[:, None]).exp_()
 
 
 class _NLL(_Kernel):
-    # ℓ = logsumexp(z) − z_y; ∂ℓ/∂z = softmax(z) − onehot(y). Stats: ℓ, logsumexp(z).
-    def forward(self, z, y, aux):
+    # ℓ = logsumexp(z) − z_y; ∂ℓ/∂z = softmax(z) − onehot(y).
+    def __call__(self, z, y, aux, grad):
         lse = torch.logsumexp(z, dim=-1)
-        return torch.stack([lse - _at_label(z, y), lse], dim=1)
-
-    def grad(self, z, y, aux, stats):
-        g = _softmax_from(z, stats[:, 1])
-        g[_rows_of(y.numel(), y.device), y] -= 1.0
-        return g
+        value = lse - _at_label(z, y)
+        if grad:
+            _softmax_(z, lse)[_rows_of(y.numel(), y.device), y] -= 1.0
+        return value
 
 
 class _SoftCE(_Kernel):
     # UnDIAL: teacher q = softmax(z_ref − γ·onehot(y)); ℓ = −Σ q·log_softmax(z); ∂ℓ/∂z = softmax(z) − q.
-    # Stats: ℓ, logsumexp(z), logsumexp(teacher).
     def __init__(self, gamma: float) -> None:
         self.gamma = gamma
 
-    def _teacher(self, aux: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        aux[_rows_of(y.numel(), y.device), y] -= self.gamma  # aux is a fresh copy of the chunk
-        return aux
-
-    def forward(self, z, y, aux):
-        teacher = self._teacher(aux, y)
-        lse_z, lse_t = torch.logsumexp(z, dim=-1), torch.logsumexp(teacher, dim=-1)
-        value = -(_softmax_from(teacher, lse_t) * (z - lse_z[:, None])).sum(-1)
-        return torch.stack([value, lse_z, lse_t], dim=1)
-
-    def grad(self, z, y, aux, stats):
-        return _softmax_from(z, stats[:, 1]) - _softmax_from(self._teacher(aux, y), stats[:, 2])
+    def __call__(self, z, y, aux, grad):
+        aux[_rows_of(y.numel(), y.device), y] -= self.gamma  # the teacher's logits
+        lse_z, lse_t = torch.logsumexp(z, dim=-1), torch.logsumexp(aux, dim=-1)
+        teacher = _softmax_(aux, lse_t)
+        value = -(teacher * (z - lse_z[:, None])).sum(-1)
+        if grad:
+            _softmax_(z, lse_z).sub_(teacher)
+        return value
 
 
 class _ForwardKL(_Kernel):
-    # KL(p_ref ‖ p_θ) = Σ p_ref (log p_ref − log p_θ); ∂/∂z = p_θ − p_ref. Stats: ℓ, logsumexp(z), logsumexp(ref).
-    def forward(self, z, y, aux):
+    # KL(p_ref ‖ p_θ) = Σ p_ref (log p_ref − log p_θ); ∂/∂z = p_θ − p_ref.
+    def __call__(self, z, y, aux, grad):
         lse_z, lse_r = torch.logsumexp(z, dim=-1), torch.logsumexp(aux, dim=-1)
-        ref_log_probs = aux - lse_r[:, None]
-        value = (ref_log_probs.exp() * (ref_log_probs - (z - lse_z[:, None]))).sum(-1)
-        return torch.stack([value, lse_z, lse_r], dim=1)
-
-    def grad(self, z, y, aux, stats):
-        return _softmax_from(z, stats[:, 1]) - _softmax_from(aux, stats[:, 2])
+        ref_log_probs = aux.sub_(lse_r[:, None])
+        ref_probs = ref_log_probs.exp()
+        value = (ref_probs * (ref_log_probs - (z - lse_z[:, None]))).sum(-1)
+        if grad:
+            _softmax_(z, lse_z).sub_(ref_probs)
+        return value
 
 
 class _UnilogitOwnTarget(_Kernel):
@@ -152,16 +145,16 @@ class _UnilogitOwnTarget(_Kernel):
     ∂ℓ/∂z_j = p_j·(d − ℓ) for j ≠ k and p_k·(log p_k + log V − ℓ). This is exact, needs one logsumexp
     over the other tokens and no [C, V] target, and avoids the cancellation of log p − log p̃ when the
     two are close. log(1 − p_k) is log1p(−p_k) when p_k ≤ 1/2 and the logsumexp over i ≠ k minus the
-    full one otherwise, each free of cancellation where it is used. Stats: ℓ, logsumexp(z), d, log p_k.
+    full one otherwise, each free of cancellation where it is used.
     """
 
-    def forward(self, z, y, aux):
+    def __call__(self, z, y, aux, grad):
         vocab = z.size(-1)
         rows = _rows_of(y.numel(), y.device)
-        others = z.clone()
-        others[rows, y] = float("-inf")
-        lse_others = torch.logsumexp(others, dim=-1)
         label = z[rows, y]
+        z[rows, y] = float("-inf")
+        lse_others = torch.logsumexp(z, dim=-1)
+        z[rows, y] = label
         lse = torch.logaddexp(lse_others, label)
         log_p = label - lse
         p = log_p.exp()
@@ -170,40 +163,35 @@ class _UnilogitOwnTarget(_Kernel):
         # (1 − p_k)·d is 0 when 1 − p_k underflows to 0 (d is then −inf).
         rest_term = torch.where(log_rest > float("-inf"), log_rest.exp() * d, torch.zeros_like(d))
         value = p * (log_p + math.log(vocab)) + rest_term
-        return torch.stack([value, lse, d, log_p], dim=1)
-
-    def grad(self, z, y, aux, stats):
-        value, lse, d, log_p = stats.unbind(1)
-        rows = _rows_of(y.numel(), y.device)
-        g = _softmax_from(z, lse)
-        g *= torch.nan_to_num(d - value, neginf=0.0)[:, None]  # p_j·(d − ℓ); p_j is 0 wherever d is −inf
-        g[rows, y] = log_p.exp() * (log_p + math.log(z.size(-1)) - value)
-        return g
+        if grad:
+            g = _softmax_(z, lse)
+            g *= torch.nan_to_num(d - value, neginf=0.0)[:, None]  # p_j·(d − ℓ); p_j is 0 wherever d is −inf
+            g[rows, y] = p * (log_p + math.log(vocab) - value)
+        return value
 
 
 class _Unilogit(_Kernel):
     # The target log p̃ is built from aux (θ_o's logits) and is a constant.
     # reverse: ℓ = Σ p (log p − log p̃), ∂ℓ/∂z_j = p_j (log p_j − log p̃_j − ℓ).
-    # forward: ℓ = Σ p̃ (log p̃ − log p), ∂ℓ/∂z = p − p̃. Stats: ℓ, logsumexp(z).
+    # forward: ℓ = Σ p̃ (log p̃ − log p), ∂ℓ/∂z = p − p̃.
     def __init__(self, divergence: Divergence) -> None:
         self.divergence = divergence
 
-    def forward(self, z, y, aux):
+    def __call__(self, z, y, aux, grad):
         target = unilogit_target_log_probs(z if aux is None else aux, y)
-        lse = torch.logsumexp(z, dim=-1)
-        log_probs = z - lse[:, None]
+        log_probs = z.sub_(torch.logsumexp(z, dim=-1)[:, None])
         if self.divergence == "reverse":
-            value = (log_probs.exp() * (log_probs - target)).sum(-1)
-        else:
-            value = (target.exp() * (target - log_probs)).sum(-1)
-        return torch.stack([value, lse], dim=1)
-
-    def grad(self, z, y, aux, stats):
-        target = unilogit_target_log_probs(z if aux is None else aux, y)
-        log_probs = z - stats[:, 1:2]
-        if self.divergence == "reverse":
-            return log_probs.exp() * (log_probs - target - stats[:, :1])
-        return log_probs.exp() - target.exp()
+            diff = log_probs - target
+            probs = log_probs.exp_()
+            value = (probs * diff).sum(-1)
+            if grad:
+                probs.mul_(diff.sub_(value[:, None]))
+            return value
+        target_probs = target.exp()
+        value = (target_probs * (target - log_probs)).sum(-1)
+        if grad:
+            log_probs.exp_().sub_(target_probs)
+        return value
 
 
 def _chunks(n: int, vocab: int) -> Iterator[slice]:
@@ -212,44 +200,51 @@ def _chunks(n: int, vocab: int) -> Iterator[slice]:
         yield slice(start, min(start + step, n))
 
 
+def _rows(index: Index, chunk: slice) -> Index:
+    return tuple(i[chunk] for i in index)
+
+
 def _gather(source: torch.Tensor, index: Index, chunk: slice) -> torch.Tensor:
     """fp32 rows of a chunk, each shifted by its maximum.
 
     Every kernel is shift-invariant per row; shifted, a logsumexp lies in [0, log V], so ``z − lse``
     keeps fp32's relative precision even for logits of 1e4 (as ``F.log_softmax`` does internally).
     """
-    rows = source[tuple(i[chunk] for i in index)].float()
+    rows = source[_rows(index, chunk)].float()
     return rows.sub_(rows.amax(dim=-1, keepdim=True))
 
 
 class _RowLoss(torch.autograd.Function):
     """Per-position values ``[N]`` of a kernel at the indexed rows of ``logits``, chunk by chunk.
 
-    Saves ``logits`` (no copy) and a few fp32 statistics per position; ``aux`` is ``(source, index)``
-    of a constant second source or None, read again chunk by chunk in the backward pass and never
-    differentiated.
+    ``aux`` is ``(source, index)`` of a constant second source or None, never differentiated. With
+    ``grad``, the forward pass also writes each chunk's ∂ℓ/∂z into a zero-filled buffer shaped like
+    ``logits`` (and of its dtype), and that buffer is all it keeps: the backward pass scales each row by
+    the incoming gradient of its value, in place, and hands the buffer over as the gradient of the
+    logits. Nothing is recomputed and nothing else of ``[N, V]`` is allocated; a second backward
+    through the same graph (``retain_graph``) is refused, as the buffer is gone.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits, kernel, index, y, aux):  # noqa: ANN001, ANN205 - autograd signature
-        stats = [
-            kernel.forward(_gather(logits, index, chunk), y[chunk], None if aux is None else _gather(*aux, chunk))
-            for chunk in _chunks(y.numel(), logits.size(-1))
-        ]
-        stats = torch.cat(stats) if stats else torch.zeros(0, 1, device=logits.device)
-        ctx.save_for_backward(logits, stats)
-        ctx.kernel, ctx.index, ctx.y, ctx.aux = kernel, index, y, aux
-        return stats[:, 0].clone()
+    def forward(ctx: Any, logits, kernel, index, y, aux, grad):  # noqa: ANN001, ANN205 - autograd signature
+        ctx.buffer = torch.zeros_like(logits) if grad else None
+        ctx.index = index
+        values = []
+        for chunk in _chunks(y.numel(), logits.size(-1)):
+            z = _gather(logits, index, chunk)
+            values.append(kernel(z, y[chunk], None if aux is None else _gather(*aux, chunk), grad))
+            if grad:
+                ctx.buffer[_rows(index, chunk)] = z.to(ctx.buffer.dtype)
+        return torch.cat(values) if values else torch.zeros(0, device=logits.device)
 
     @staticmethod
     def backward(ctx: Any, grad_values):  # noqa: ANN001, ANN205 - autograd signature
-        logits, stats = ctx.saved_tensors
-        grad = torch.zeros_like(logits)
-        for chunk in _chunks(ctx.y.numel(), logits.size(-1)):
-            other = None if ctx.aux is None else _gather(*ctx.aux, chunk)
-            g = ctx.kernel.grad(_gather(logits, ctx.index, chunk), ctx.y[chunk], other, stats[chunk])
-            grad[tuple(i[chunk] for i in ctx.index)] = (g * grad_values[chunk, None]).to(grad.dtype)
-        return grad, None, None, None, None
+        grad, ctx.buffer = ctx.buffer, None
+        if grad is None:
+            raise RuntimeError("unilogit.losses: this gradient was already handed over; a loss cannot backward twice")
+        scale = grad_values.new_zeros(grad.shape[:-1])
+        scale[ctx.index] = grad_values
+        return grad.mul_(scale.unsqueeze(-1)), None, None, None, None, None
 
 
 def _per_position(
@@ -262,7 +257,8 @@ def _per_position(
         if other.dim() == 2 and other.size(0) != y.numel():
             raise ValueError(f"reference rows have {other.size(0)} rows, but the labels supervise {y.numel()}")
         aux = (other, (b, t) if other.dim() == 3 else (_rows_of(y.numel(), other.device),))
-    return _RowLoss.apply(logits, kernel, (b, t), y, aux), b
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    return _RowLoss.apply(logits, kernel, (b, t), y, aux, grad), b
 
 
 # --------------------------------------------------------------------------------------------------

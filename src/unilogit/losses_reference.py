@@ -3,8 +3,8 @@
 Each function here writes its formula over whole ``[N, V]`` tensors: it gathers the supervised
 positions into an fp32 copy and lets autograd keep whatever the formula needs (log-softmax, softmax,
 the target distribution), several fp32 copies of the logits in all. :mod:`unilogit.losses` computes
-the same values chunk by chunk with at most one; ``tests/test_losses_lean.py`` and
-``benchmarks/step_time.py --kernels`` compare the two. Nothing in training imports this module.
+the same values chunk by chunk and keeps nothing but the gradient; ``tests/test_losses_lean.py`` and
+``benchmarks/step_time.py --kernels-only`` compare the two. Nothing in training imports this module.
 """
 
 from __future__ import annotations
