@@ -17,9 +17,20 @@ masked) at V = 49,152 (SmolLM2) and V = 128,256 (Llama 3), each implementation i
 median time of forward + backward, the peak resident memory above the process's resident memory just
 before (the inputs are already allocated, the gradient of the logits counts), and the largest relative
 difference of the lean loss from the straightforward formulas evaluated exactly (in float64):
-|Δ value| / |value| or max |Δ grad| / max |grad|, whichever is larger.
+|Δ value| / |value| or max |Δ grad| / max |grad|, whichever is larger. Times and peak come from two
+processes: the times with glibc's default allocator, the peak with its mmap threshold fixed at 128 KiB
+(``MALLOC_MMAP_THRESHOLD_``), so that a freed tensor's memory goes back to the system and the resident
+memory follows the live tensors. With the default, sliding threshold, freed chunk-sized temporaries stay
+in the heap and the lean losses' peak moved by ±50 MiB from run to run; the straightforward losses'
+tensors are above any threshold, so their peak is the same either way. A fixed threshold costs the lean
+losses time (every chunk's temporaries are mapped afresh), hence the two processes.
 
     .venv/bin/python benchmarks/step_time.py [--steps 3] [--warmup 1] [--clock wall|cpu] [--output PATH]
+    .venv/bin/python benchmarks/step_time.py --kernels-only --overwrite [--clock wall|cpu] [--output PATH]
+
+``--kernels-only`` measures only part 2 and replaces only the ``loss_kernels`` section of an existing
+JSON and the loss-kernel section of its Markdown twin (which then names the command and date that
+measured it); the training-step results stay as they are.
 
 ``--clock cpu`` times by the process's CPU time (all threads) instead of the wall clock: on a machine
 shared with other work the wall clock measures the neighbours' load, which changes between
@@ -50,6 +61,8 @@ VOCABS = (49_152, 128_256)
 KERNEL_SHAPE = (2, 256)  # batch, sequence
 KERNEL_PROMPT = 64  # masked positions at the start of every row
 KERNEL_REPEATS = 3
+KERNEL_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}  # see the module docstring
+KERNELS_HEADING = "## Loss kernels"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,23 +224,27 @@ def _value_and_grad(module: Any, name: str, logits: Any, ref: Any, labels: Any) 
     return value.detach(), grad
 
 
-def measure_kernel(name: str, vocab: int, impl: str) -> dict[str, float]:
-    """Time and peak memory of one implementation; the naive run also compares against the lean one."""
+def measure_kernel(name: str, vocab: int, impl: str, part: str) -> dict[str, float]:
+    """One implementation's times (``part="time"``; the naive run also compares against the lean one) or its
+    peak memory (``part="memory"``, in a process started with :data:`KERNEL_MEMORY_ENV`)."""
     from unilogit import losses, losses_reference
 
     module = losses if impl == "lean" else losses_reference
     logits, ref, labels = _kernel_inputs(vocab)
     _value_and_grad(module, name, logits, ref, labels)  # warm-up: lazy initialisation, thread pools
-    base = rss_mb()
-    reset_peak()
+    if part == "memory":
+        base = rss_mb()
+        reset_peak()
+        for _ in range(KERNEL_REPEATS):
+            _value_and_grad(module, name, logits, ref, labels)
+        return {"peak_mb": peak_mb() - base}
     wall, cpu = [], []
     for _ in range(KERNEL_REPEATS):
         start = (time.perf_counter(), time.process_time())
-        value, grad = _value_and_grad(module, name, logits, ref, labels)
+        _value_and_grad(module, name, logits, ref, labels)
         wall.append(time.perf_counter() - start[0])
         cpu.append(time.process_time() - start[1])
-        del grad
-    result = {"peak_mb": peak_mb() - base, "wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+    result = {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
     if impl == "naive":  # after the measurements: the exact values, the straightforward formulas in float64
         value, grad = _value_and_grad(module, name, logits.double(), ref.double(), labels)
         lean_value, lean_grad = _value_and_grad(losses, name, logits, ref, labels)
@@ -242,10 +259,15 @@ def measure_kernel(name: str, vocab: int, impl: str) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _child(args: list[str], timeout: int) -> dict[str, float]:
+def _child(args: list[str], timeout: int, env: dict[str, str] | None = None) -> dict[str, float]:
     """Run this script in a fresh process for one measurement; its last stdout line is the JSON result."""
     result = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, __file__, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -288,19 +310,23 @@ def _ratio(value: float | None, unit: str = "×") -> str:
     return "—" if value is None else f"{value:.2f}{unit}"
 
 
+def _clock(opts: argparse.Namespace) -> str:
+    if opts.clock == "cpu":
+        return "CPU seconds of the process (all threads), because other work shared the cores"
+    return "wall-clock seconds"
+
+
+def _provenance(raw: dict[str, Any]) -> str:
+    return f"{raw['date']} on {raw['machine']} ({raw['cpus']} CPU cores shared with other work), torch {raw['torch']}"
+
+
 def _markdown(results: dict[str, Any], raw: dict[str, Any], command: str, opts: argparse.Namespace) -> str:
-    clock = (
-        "CPU seconds of the process (all threads), because other work shared the cores"
-        if opts.clock == "cpu"
-        else "wall-clock seconds"
-    )
     lines = [
         "# Benchmark: unlearning step cost and loss kernels",
         "",
         f"Command: `{command}`",
         "",
-        f"Measured {raw['date']} on {raw['machine']} ({raw['cpus']} CPU cores shared with other work), "
-        f"torch {raw['torch']}, fp32. Times are {clock}; tokens/s are tokens per such second. "
+        f"Measured {_provenance(raw)}, fp32. Times are {_clock(opts)}; tokens/s are tokens per such second. "
         "Ratios are within this one run.",
         "",
         f"## Training step: SmolLM2-135M-Instruct, forget batch 4 + retain batch 4, median of {opts.steps} steps "
@@ -332,13 +358,31 @@ def _markdown(results: dict[str, Any], raw: dict[str, Any], command: str, opts: 
                 f"| {row['peak_mb']:.0f} | {_ratio(memory)} | {extra['peak_mb'] - extra['start_mb']:.0f} "
                 f"| {extra['wall_s']:.2f} |"
             )
+    return "\n".join(lines) + "\n\n" + _kernels_markdown(results, raw, command, opts, own_command=False)
+
+
+def _kernels_markdown(
+    results: dict[str, Any], raw: dict[str, Any], command: str, opts: argparse.Namespace, own_command: bool
+) -> str:
+    """The loss-kernel section; ``own_command`` names the command and date when it was measured on its own."""
     bsz, seq = KERNEL_SHAPE
-    lines += [
-        "",
-        f"## Loss kernels: fp32 logits [{bsz}, {seq}, V], the first {KERNEL_PROMPT} positions of each row masked, "
+    lines = [
+        f"{KERNELS_HEADING}: fp32 logits [{bsz}, {seq}, V], the first {KERNEL_PROMPT} positions of each row masked, "
         f"value + gradient, median of {KERNEL_REPEATS}",
         "",
-        "Peak MB: resident memory above the process's just before the call (the gradient of the logits counts). "
+    ]
+    if own_command:
+        lines += [
+            f"Measured separately from the training steps above: `{command}`, {_provenance(raw)}. "
+            f"Times are {_clock(opts)}.",
+            "",
+        ]
+    lines += [
+        "Peak MB: resident memory above the process's just before the call (the gradient of the logits counts), "
+        "measured in a process of its own with glibc's mmap threshold fixed "
+        f"(`{' '.join(f'{k}={v}' for k, v in KERNEL_MEMORY_ENV.items())}`), so that freed tensors leave the resident "
+        "memory; the times come from a process with the default allocator, under which a lean loss's peak varies "
+        "by ±50 MiB from run to run. "
         "max_rel_diff: the lean loss on fp32 logits against the straightforward formulas in float64, "
         "|Δ value| / |value| or max |Δ grad| / max |grad|, the larger.",
         "",
@@ -368,21 +412,31 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=ROOT / "docs/results/benchmark.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    parser.add_argument(
+        "--kernels-only",
+        action="store_true",
+        help="measure only the loss kernels and replace only their section of an existing JSON and Markdown",
+    )
     parser.add_argument("--step", nargs=2, metavar=("MODE", "RUN"), help=argparse.SUPPRESS)
-    parser.add_argument("--kernel", nargs=3, metavar=("LOSS", "VOCAB", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--kernel", nargs=4, metavar=("LOSS", "VOCAB", "IMPL", "PART"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.step:
         print(json.dumps(measure_step(*opts.step, opts.steps, opts.warmup)))
         return
     if opts.kernel:
-        name, vocab, impl = opts.kernel
-        print(json.dumps(measure_kernel(name, int(vocab), impl)))
+        name, vocab, impl, part = opts.kernel
+        print(json.dumps(measure_kernel(name, int(vocab), impl, part)))
         return
 
     markdown_path = opts.output.with_suffix(".md")
     for path in (opts.output, markdown_path):
         if path.exists() and not opts.overwrite:
             sys.exit(f"step_time.py: error: {path} exists; pass --overwrite to replace it")
+        if opts.kernels_only and not path.exists():
+            sys.exit(f"step_time.py: error: --kernels-only updates an existing result, and {path} does not exist")
+    if opts.kernels_only:
+        earlier = json.loads(opts.output.read_text())
+        steps_markdown = markdown_path.read_text().split(f"\n{KERNELS_HEADING}", 1)[0]
     import torch
     from tqdm import tqdm
 
@@ -401,17 +455,26 @@ def main() -> None:
     jobs: list[tuple[str, ...]] = [
         ("kernel", name, str(vocab), impl) for vocab in VOCABS for name in KERNELS for impl in ("lean", "naive")
     ]
-    jobs += [("step", mode, run) for mode in reversed(MODES) for run in RUNS]
+    if not opts.kernels_only:
+        jobs += [("step", mode, run) for mode in reversed(MODES) for run in RUNS]
     step_args = ["--steps", str(opts.steps), "--warmup", str(opts.warmup)]
-    command = " ".join([".venv/bin/python", "benchmarks/step_time.py", *sys.argv[1:]])
+    threads = [f"{name}={os.environ[name]}" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ]
+    command = " ".join([*threads, ".venv/bin/python", "benchmarks/step_time.py", *sys.argv[1:]])
     for job in tqdm(jobs, desc="benchmark", unit="run"):
         if job[0] == "step":
             raw["steps"][job[1]][job[2]] = _child(["--step", job[1], job[2], *step_args], timeout=3600)
         else:
-            raw["kernels"].setdefault(f"{job[1]}@{job[2]}", {})[job[3]] = _child(["--kernel", *job[1:]], 1800)
+            times = _child(["--kernel", *job[1:], "time"], 1800)
+            memory = _child(["--kernel", *job[1:], "memory"], 1800, KERNEL_MEMORY_ENV)
+            raw["kernels"].setdefault(f"{job[1]}@{job[2]}", {})[job[3]] = {**times, **memory}
         results = _summarize(raw, opts.clock)
+        if opts.kernels_only:
+            results = {**earlier, "loss_kernels": results["loss_kernels"]}
+            markdown = steps_markdown + "\n" + _kernels_markdown(results, raw, command, opts, own_command=True)
+        else:
+            markdown = _markdown(results, raw, command, opts)
         atomic_write_text(opts.output, json.dumps(results, indent=2) + "\n")
-        atomic_write_text(markdown_path, _markdown(results, raw, command, opts))
+        atomic_write_text(markdown_path, markdown)
     print(markdown_path.read_text())
 
 
