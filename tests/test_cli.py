@@ -105,8 +105,8 @@ def test_empty_forget_set_is_refused(tiny_model_dir: str, tmp_path: Path, capsys
 
 def test_torchrun_relaunch_follows_llamafactory(monkeypatch: pytest.MonkeyPatch) -> None:
     """FORCE_TORCHRUN relaunches (as llamafactory's launcher does); a torchrun worker never relaunches."""
-    assert not cli._needs_torchrun()  # one CPU process
+    assert not cli.needs_torchrun()  # one CPU process
     monkeypatch.setenv("FORCE_TORCHRUN", "1")
-    assert cli._needs_torchrun()
+    assert cli.needs_torchrun()
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert not cli._needs_torchrun()
+    assert not cli.needs_torchrun()

@@ -277,6 +277,25 @@ def test_eval_rwku_writes_results_per_target_and_refuses_to_overwrite(
     assert (out / "rwku_results.json").read_bytes() == before
 
 
+def test_rwku_run_in_one_process_gives_each_target_what_a_run_of_it_alone_gives(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    """Every target is unlearned in the same process; nothing of target 1's run leaks into target 2's."""
+    config = Path(__file__).parents[1] / "examples" / "rwku" / "unilogit.yaml"
+    base = ["rwku", "run", str(config), "--model", tiny_model_dir, "--data", str(FIXTURES), "--no-utility"]
+    base += ["--batch-size", "4", "num_train_epochs=2", "template=chatml", "learning_rate=1e-2"]
+    assert cli.main([*base, "--output", str(tmp_path / "both"), "--targets", "1-2"]) == 0
+    assert cli.main([*base, "--output", str(tmp_path / "alone"), "--targets", "2"]) == 0
+    both = json.loads((tmp_path / "both" / "rwku_results.json").read_text())["unilogit"]["per_target"]
+    alone = json.loads((tmp_path / "alone" / "rwku_results.json").read_text())["unilogit"]["per_target"]
+    assert both["Alan Turing"] == alone["Alan Turing"]
+    logs = [json.loads(line) for line in (tmp_path / "both" / "2_Alan_Turing" / "model" / "trainer_log.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    alone_logs = [json.loads(line) for line in (tmp_path / "alone" / "2_Alan_Turing" / "model" / "trainer_log.jsonl")
+                  .read_text().splitlines()]  # fmt: skip
+    assert [r.get("loss") for r in logs] == [r.get("loss") for r in alone_logs] and logs[0].get("loss") is not None
+
+
 def test_rwku_run_unlearns_each_target_from_the_original(
     tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -213,7 +213,8 @@ def _check_deepspeed(config: dict[str, Any]) -> None:
         raise ConfigError("deepspeed: DeepSpeed needs a GPU and none is visible; remove deepspeed: to train on the CPU")
 
 
-def _needs_torchrun() -> bool:
+def needs_torchrun() -> bool:
+    """Whether ``train`` must relaunch itself under torchrun (FORCE_TORCHRUN, or several accelerators)."""
     from llamafactory.extras.misc import get_device_count, is_env_enabled, use_kt, use_ray
 
     if "LOCAL_RANK" in os.environ:  # already a torchrun worker
@@ -265,7 +266,7 @@ def train(argv: list[str]) -> None:
         return
     config = load_config(argv)
     _check_keys(config)
-    if _needs_torchrun():
+    if needs_torchrun():
         _relaunch_under_torchrun(argv)
 
     config = resolve_config(config)

@@ -12,6 +12,7 @@ overwritten.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
@@ -119,8 +120,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
 def _train(
     config: str, model: str, corpus: list[dict], retain: list[dict] | None, folder: Path, overrides: list[str]
 ) -> Path:
-    """Unlearn ``corpus`` from ``model`` with ``config`` in a fresh process (torchrun and DeepSpeed apply);
-    ``retain`` records, when given, become its retain set: chats where they carry a ``prompt``, else raw text."""
+    """Unlearn ``corpus`` from ``model`` with ``config``, in this process (in a fresh one under torchrun or
+    DeepSpeed). ``retain`` records, when given, become its retain set: chats where they carry a ``prompt``,
+    else raw text."""
     from unilogit.io import atomic_write_text
 
     data_dir = folder / "data"
@@ -134,12 +136,19 @@ def _train(
                           else {"prompt": "text"}}  # fmt: skip
     atomic_write_text(data_dir / "dataset_info.json", json.dumps(info, indent=1) + "\n")
     output = folder / "model"
-    command = [
-        sys.executable, "-m", "unilogit.cli", "train", config, f"model_name_or_path={model}",
-        f"dataset_dir={data_dir}", "dataset=rwku_forget", f"output_dir={output}", *overrides,
-        *(["retain_dataset=rwku_retain"] if retain is not None else []),
+    argv = [
+        config, f"model_name_or_path={model}", f"dataset_dir={data_dir}", "dataset=rwku_forget",
+        f"output_dir={output}", *overrides, *(["retain_dataset=rwku_retain"] if retain is not None else []),
     ]  # fmt: skip
-    done = subprocess.run(command, check=False)
+    from unilogit.cli import load_config, needs_torchrun, train
+
+    if not needs_torchrun() and "deepspeed" not in load_config(argv):
+        # One process for every target: a fresh interpreter would import torch, transformers and llamafactory
+        # again (~12 s of CPU per target). Errors surface as their own one-line messages.
+        train(argv)
+        gc.collect()
+        return output
+    done = subprocess.run([sys.executable, "-m", "unilogit.cli", "train", *argv], check=False)
     if done.returncode != 0:
         raise ConfigError(f"unlearning failed for {folder.name} (exit code {done.returncode}); see the log above")
     return output
