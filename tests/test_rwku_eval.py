@@ -314,6 +314,7 @@ def test_rwku_run_unlearns_each_target_from_the_original(
     assert info["rwku_retain"]["columns"] == {"prompt": "prompt", "response": "text"}
     assert info["rwku_forget"]["columns"] == {"prompt": "text"}
     assert (folder / "model" / "adapter_config.json").is_file()
+    assert any((folder / "model" / "runs").rglob("events.out.tfevents.*"))  # the configs log to TensorBoard
     row = json.loads((out / "rwku_results.json").read_text())["ga"]
     assert list(row["per_target"]) == ["Alan Turing"] and row["mmlu"] is None and row["forget_all"] is not None
     capsys.readouterr()
