@@ -97,6 +97,14 @@ def _method(**changes) -> dict:
         ({"model": "m"}, "model is for rwku sweeps"),
         ({"target_model": "m"}, "give both target_model and retrain_model"),
         ({"methods": {"target": _method()["a"]}}, "'target' names the sweep's reference models"),
+        ({"methods": _method(overrides=["npo_bta=1"])}, "methods.a.overrides: unknown config key 'npo_bta'"),
+        ({"methods": _method(overrides=["learning_rate=1"])}, "methods.a: learning_rate is in its overrides and in"),
+        ({"methods": _method(overrides=["soft_target_kl_model={retrian}"])}, "{retrian} in 'soft_target_kl_model="),
+        ({"methods": _method(overrides=["output_dir=x"])}, "output_dir is set by the sweep for every point"),
+        (
+            {"methods": _method(overrides=["npo_beta=1"]), "overrides": ["npo_beta=2"]},
+            "npo_beta is in overrides and in the overrides of a; keep one",
+        ),
     ],
 )
 def test_bad_sweep_files_are_one_line_errors(tmp_path: Path, changes: dict, expected: str) -> None:
@@ -160,6 +168,20 @@ def test_the_commands_of_a_point(tmp_path: Path) -> None:
                             f"{folder}/eval", "--name", "npo_rt", "--data", "data/muse_mini",
                             "--max-examples", "4"]  # fmt: skip
     assert reference_commands(sweep, "target", models)[0][3:9] == ["eval", "muse", "--model", "T", "--retrain", "R"]
+
+    # A method's own overrides come after the shared ones, with the sweep's models named by {name}.
+    sweep = load_sweep(_write(tmp_path / "s.yaml", _muse_sweep(methods={"unilogit_rt": {
+        "config": MUSE_UNILOGIT, "grid": {"learning_rate": [1e-3]},
+        "overrides": ["soft_target_kl_model={retrain}"]}})))  # fmt: skip
+    [point] = sweep.points
+    assert point_commands(sweep, point, models)[0][7:] == [
+        "bf16=false",
+        "soft_target_kl_model=R",
+        "learning_rate=0.001",
+    ]
+    assert sweep.to_json()["methods"]["unilogit_rt"]["overrides"] == ["soft_target_kl_model={retrain}"]
+    shipped = load_sweep(ROOT / "examples" / "sweeps" / "muse_mini.yaml")
+    assert {name for name, m in shipped.methods.items() if m.overrides} == {"undial", "unilogit_rt"}
 
     rwku = {"benchmark": "rwku", "output": "o", "model": "M", "eval_args": ["--targets", "1-2", "--batch"],
             "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4]}}}}  # fmt: skip
@@ -307,7 +329,7 @@ def test_report_of_a_muse_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -
     sweep_dir = _handmade_muse_sweep(tmp_path / "sweep")
     paths = write_report(sweep_dir)
     names = sorted(p.name for p in paths)
-    stems = ("pareto-knowmem", "pareto-verbmem", "kl-to-retrain")
+    stems = ("pareto-knowmem", "pareto-verbmem", "kl-to-retrain-sweep")  # named after the sweep folder
     assert names == sorted([*(f"{s}.{ext}" for s in stems for ext in ("png", "svg")), "summary.md"])
     for path in paths:
         assert path.parent == sweep_dir / "report" and path.stat().st_size > 0
@@ -324,11 +346,48 @@ def test_report_of_a_muse_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "- b/learning_rate=0.004,npo_beta=0.1" in dominated_part  # (10, 8) < (30, 5) on KnowMem
     assert "| target |  |  |  | 60.0 |" in summary.split("## All points")[1]
 
-    capsys.readouterr()
+    err = capsys.readouterr().err  # no point logged soft_target_kl: said in one line, the bars drawn alone
+    assert len([line for line in err.splitlines() if "soft_target_kl" in line]) == 1
     assert cli.main(["report", str(sweep_dir)]) == 0  # the folder holds sweep.json: the sweep report
     assert str(sweep_dir / "report" / "summary.md") in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path)]) == 2  # no sweep.json: the report of one unlearning run
     assert "unlearn_config.yaml is missing" in capsys.readouterr().err
+
+
+def _trainer_log(folder: Path, values: list[float]) -> None:
+    """A point's trainer_log.jsonl as soft_target_kl_model writes it: step lines, one KL line per epoch."""
+    folder.mkdir(parents=True)
+    lines = [{"current_steps": 0, "total_steps": 8, "epoch": 0.0, "soft_target_kl": values[0]}]
+    for epoch, value in enumerate(values[1:], start=1):
+        lines += [
+            {"current_steps": 4 * epoch - 1, "loss": 1.0, "forget_loss": 1.0, "epoch": epoch - 0.25},
+            {"current_steps": 4 * epoch, "loss": 0.9, "forget_loss": 0.9, "epoch": float(epoch)},
+            {"current_steps": 4 * epoch, "total_steps": 8, "epoch": float(epoch), "soft_target_kl": value},
+        ]
+    (folder / "trainer_log.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{cut")
+
+
+def test_report_draws_the_soft_target_kl_per_epoch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from unilogit.sweep.report import soft_target_curves
+
+    sweep_dir = _handmade_muse_sweep(tmp_path / "muse-mini")
+    _trainer_log(sweep_dir / "a" / "learning_rate=0.001" / "model", [0.8, 0.6, 0.5])
+    _trainer_log(sweep_dir / "a" / "learning_rate=0.002" / "model", [0.8, 0.5, 0.3])
+    _trainer_log(sweep_dir / "b" / "learning_rate=0.001,npo_beta=0.1" / "model", [0.9, 0.9, 0.9])
+    (sweep_dir / "b" / "learning_rate=0.002,npo_beta=0.1" / "model").mkdir(parents=True)  # a run without the log
+
+    rows = [
+        {"method": "a", "point": "a/learning_rate=0.002"},
+        {"method": "b", "point": "b/learning_rate=0.002,npo_beta=0.1"},
+    ]
+    assert soft_target_curves(sweep_dir, rows) == {"a/learning_rate=0.002": [(0.0, 0.8), (1.0, 0.5), (2.0, 0.3)]}
+    paths = write_report(sweep_dir)
+    figure = [p for p in paths if p.stem == "kl-to-retrain-muse-mini"]
+    assert sorted(p.suffix for p in figure) == [".png", ".svg"]
+    assert all(p.stat().st_size > 0 for p in figure)
+    svg = next(p for p in figure if p.suffix == ".svg").read_text()
+    assert "Soft targets vs the retrained model, per epoch" in svg and "Lowest KL to retrain per method" in svg
+    assert "soft_target_kl" not in capsys.readouterr().err  # nothing to say: the points have the logs
 
 
 def test_rwku_rule_needs_neighbors_and_mmlu() -> None:

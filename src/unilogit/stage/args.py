@@ -78,6 +78,14 @@ class UnlearningArguments:
             "two transfers a step). Not with DeepSpeed or FSDP: use the ZeRO-3 offload config instead."
         },
     )
+    soft_target_kl_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "UnDIAL and Unilogit: the retrained model (folder, hub id or alias). Before training and "
+            "after every epoch, log soft_target_kl, the token mean over the forget set of KL(p_retrain ‖ p̃), "
+            "p̃ the forget term's soft target (Unilogit paper, Fig. 5). Loads a second model; default none."
+        },
+    )
 
     def __post_init__(self) -> None:
         from unilogit.stage.methods import METHODS
@@ -107,6 +115,18 @@ class UnlearningArguments:
         _bounded("undial_gamma", self.undial_gamma, low=0.0, strict=False)
         if not isinstance(self.ref_offload, bool):
             raise ConfigError(f"ref_offload: {self.ref_offload!r} is not valid; use true or false")
+        if self.soft_target_kl_model is not None:
+            if not isinstance(self.soft_target_kl_model, str) or not self.soft_target_kl_model.strip():
+                raise ConfigError(
+                    f"soft_target_kl_model: {show(self.soft_target_kl_model)} is not valid; use the retrained "
+                    "model's folder, hub id or alias, or leave it unset"
+                )
+            if METHODS[self.unlearn_method].soft_target is None:
+                with_targets = " and ".join(name for name, m in METHODS.items() if m.soft_target is not None)
+                raise ConfigError(
+                    f"soft_target_kl_model: {self.unlearn_method} has no soft targets (only {with_targets} "
+                    "distil toward one); remove soft_target_kl_model"
+                )
 
     @property
     def method(self):  # noqa: ANN201 - the registry type lives in methods.py

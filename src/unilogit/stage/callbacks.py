@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections import deque
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from transformers import TrainerCallback
 from unilogit.evaluation.report import CONFIG_NAME
 from unilogit.io import atomic_write_text
 
-TERM_KEYS = ("forget_loss", "retain_loss", "npo_log_ratio")
+TERM_KEYS = ("forget_loss", "retain_loss", "npo_log_ratio", "soft_target_kl")
 RUN_INFO_NAME = "run_info.json"
 # Files of a finished or started run: a new run in the same folder needs overwrite_output_dir.
 RESULT_NAMES = (CONFIG_NAME, RUN_INFO_NAME, "trainer_log.jsonl", "all_results.json", "train_results.json")
@@ -26,22 +27,23 @@ PACKAGES = ("unilogit", "llamafactory", "transformers", "torch", "peft", "accele
 class UnlearningLogCallback(LogCallback):
     """llamafactory's ``trainer_log.jsonl`` writer, with each unlearning term added to its lines.
 
-    ``LogCallback.on_log`` builds its line from a fixed key list and hands it to a writer thread, so
-    the terms are keyed by step here and merged in when the writer runs.
+    ``LogCallback.on_log`` builds its line from a fixed key list and hands it to a writer thread (one
+    worker, so lines are written in order), so each log's terms are queued here, one entry per line
+    handed over, and merged in when the writer runs. One step may log twice (its losses, then
+    ``soft_target_kl`` at the end of an epoch); each line gets its own terms.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._terms: dict[int, dict[str, float]] = {}
+        self._terms: deque[dict[str, float]] = deque()
 
     def on_log(self, args, state, control, **kwargs):
-        terms = {k: state.log_history[-1][k] for k in TERM_KEYS if k in state.log_history[-1]}
-        if terms:
-            self._terms[state.global_step] = terms
+        if args.should_save and self.thread_pool is not None:  # the lines LogCallback.on_log hands to its writer
+            self._terms.append({k: state.log_history[-1][k] for k in TERM_KEYS if k in state.log_history[-1]})
         super().on_log(args, state, control, **kwargs)
 
     def _write_log(self, output_dir: str, logs: dict[str, Any]) -> None:
-        super()._write_log(output_dir, {**logs, **self._terms.pop(logs.get("current_steps"), {})})
+        super()._write_log(output_dir, {**logs, **(self._terms.popleft() if self._terms else {})})
 
 
 class RunRecordCallback(TrainerCallback):

@@ -6,7 +6,9 @@ when it needs no reference) and the arguments to ``(loss, extra scalars to log)`
 (distillation terms), or ``"sequence_nll"``, one reference NLL per sequence ``[B]`` (NPO); the
 trainer computes it under ``no_grad`` and drops the reference logits at once. ``reduction`` says how
 the term averages ("token" or "sequence"), which the trainer needs to weight micro-batches under
-gradient accumulation so that 2 micro-batches × 2 steps equal one batch of 4.
+gradient accumulation so that 2 micro-batches × 2 steps equal one batch of 4. ``soft_target``, for
+the distillation methods (UnDIAL, Unilogit), builds the forget term's target distribution; the trainer
+compares it with a retrained model's (``soft_target_kl_model``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ ForgetTerm = Callable[
 
 ReferenceStatistic = Literal["rows", "sequence_nll"]
 
+# (rows, labels, args) -> log p̃ [N, V] in fp32: the forget term's soft target at the supervised positions,
+# built from ``rows`` [N, V], the logits its target comes from (the reference's when the method needs a
+# forget reference, the model's own otherwise).
+SoftTarget = Callable[[torch.Tensor, torch.Tensor, "UnlearningArguments"], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class Method:
@@ -43,6 +50,7 @@ class Method:
     needs_forget_reference: Callable[[UnlearningArguments], bool]
     summary: str
     reference_statistic: ReferenceStatistic = "rows"
+    soft_target: SoftTarget | None = None  # None: the forget term distils toward no distribution
 
 
 def _ga(logits, labels, reference, args):
@@ -68,6 +76,25 @@ def _undial(logits, labels, ref_rows, args):
 
 def _unilogit(logits, labels, ref_rows, args):
     return losses.unilogit_forget_loss(logits, labels, ref_rows, args.unilogit_divergence), {}
+
+
+def undial_target_log_probs(ref_rows: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """log q of UnDIAL's teacher q = softmax(z_ref − γ·onehot(y)) (:func:`losses.undial_loss`), fp32 ``[N, V]``.
+
+    losses.py builds the same teacher inside its fused kernel without exposing it; the tests check that
+    the cross-entropy toward this q equals ``undial_loss``, so the two cannot drift apart.
+    """
+    z = ref_rows.to(torch.promote_types(ref_rows.dtype, torch.float32), copy=True)
+    z[torch.arange(y.numel(), device=y.device), y] -= gamma
+    return torch.log_softmax(z, dim=-1)
+
+
+def _undial_target(rows, y, args):
+    return undial_target_log_probs(rows, y, args.undial_gamma)
+
+
+def _unilogit_target(rows, y, args):
+    return losses.unilogit_target_log_probs(rows, y)
 
 
 def _never(args: UnlearningArguments) -> bool:
@@ -113,6 +140,7 @@ METHODS: dict[str, Method] = {
             ("undial_gamma",),
             _always,
             "self-distillation with adjusted logits",
+            soft_target=_undial_target,
         ),
         Method(
             "unilogit",
@@ -122,6 +150,7 @@ METHODS: dict[str, Method] = {
             ("unilogit_target", "unilogit_divergence"),
             _unilogit_needs_reference,
             "self-distillation toward the model's own distribution with the label at 1/|V|",
+            soft_target=_unilogit_target,
         ),
     )
 }

@@ -12,10 +12,15 @@ Averaging under gradient accumulation: every term is a token mean (GA, UnDIAL, U
 or a sequence mean (NPO, SimNPO). A micro-batch term m with n items is weighted n / N, N the item
 count of the whole accumulation window on all processes, so that the summed gradient equals that
 of one big batch (2 micro-batches × 2 steps = one batch of 4).
+
+With ``soft_target_kl_model`` (UnDIAL, Unilogit) the trainer also logs ``soft_target_kl`` before training
+(epoch 0) and after every epoch: how far the forget term's soft target is from a retrained model's
+outputs on the forget set (see :meth:`UnlearningTrainer.soft_target_kl`).
 """
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from typing_extensions import override
 
 from unilogit import losses
-from unilogit.stage.args import TrainingDiverged
-from unilogit.stage.data import FORGET, RETAIN
+from unilogit.stage.args import ConfigError, TrainingDiverged
+from unilogit.stage.data import FORGET, RETAIN, PairedDataset
 
 if TYPE_CHECKING:
     from unilogit.stage.args import UnlearningArguments
@@ -51,10 +57,37 @@ class _PairingEpochCallback(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
+class _SoftTargetKLCallback(TrainerCallback):
+    """Logs the soft-target KL before training and after every epoch; frees the retrained model at the end."""
+
+    def __init__(self, trainer: UnlearningTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:  # a resumed run logged its epoch 0 before
+            self.trainer.log_soft_target_kl()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.log_soft_target_kl()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.soft_target_model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 class UnlearningTrainer(CustomSeq2SeqTrainer):
     """Computes L = L_forget + λ · L_retain and logs each term."""
 
-    def __init__(self, unlearning_args: UnlearningArguments, **kwargs: Any) -> None:
+    def __init__(
+        self, unlearning_args: UnlearningArguments, soft_target_model: torch.nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        if soft_target_model is not None and unlearning_args.method.soft_target is None:
+            raise ConfigError(
+                f"soft_target_kl_model: {unlearning_args.unlearn_method} has no soft targets; "
+                "remove soft_target_kl_model"
+            )
         offloaded = kwargs.pop("ref_model") if unlearning_args.ref_offload else None
         super().__init__(**kwargs)
         if offloaded is not None:
@@ -69,6 +102,10 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
         self._term_sums: dict[str, list[float]] = defaultdict(list)
         if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_PairingEpochCallback(self.train_dataset))
+        # The retrained model of soft_target_kl_model: frozen, in eval mode, on the device (never prepared).
+        self.soft_target_model = soft_target_model
+        if soft_target_model is not None:
+            self.add_callback(_SoftTargetKLCallback(self))
 
     @property
     def needs_forget_reference(self) -> bool:
@@ -132,6 +169,66 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
             if statistic == "sequence_nll":
                 return losses.sequence_nll(logits, batch["labels"])[0]
             return losses.supervised_rows(logits, batch["labels"])
+
+    def soft_target_kl(self) -> float:
+        """Token mean over the forget set's supervised tokens of KL(p_retrain ‖ p̃).
+
+        p̃ is the forget term's soft target (``Method.soft_target``: UnDIAL's teacher softmax(z_ref − γ·e_y),
+        Unilogit's uniform-logit target built from the current model, or from θ_o with ``unilogit_target:
+        initial``) and p_retrain the output distribution of ``soft_target_kl_model``; per position
+        KL = Σ_v p_retrain(v)·(log p_retrain(v) − log p̃(v)), in fp32, summed in float64. The whole forget set
+        in order, in batches of ``per_device_train_batch_size``, without gradients and with the model in eval
+        mode (restored after). Every process computes it over the whole set, so that sharded models (ZeRO-3)
+        run their forward passes together.
+        """
+        if self.soft_target_model is None:
+            raise RuntimeError("soft_target_kl needs soft_target_kl_model")
+        forget = getattr(self.train_dataset, "forget", None)
+        if forget is None:
+            raise RuntimeError("soft_target_kl needs the PairedDataset of the unlearn workflow as train_dataset")
+        loader = DataLoader(
+            PairedDataset(forget, None, self.args.seed),
+            batch_size=self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+        )
+        target_fn = self.method.soft_target
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        count = 0
+        try:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                for batch in loader:
+                    side = self._prepare_inputs(batch)[FORGET]
+                    labels = side["labels"]
+                    _, _, y = losses.supervised_index(labels)
+                    if y.numel() == 0:
+                        continue
+                    if self.needs_forget_reference:
+                        with self._reference_on_device():
+                            source = self._reference(model, side, "rows")
+                    else:
+                        source = losses.supervised_rows(model(**_model_inputs(side)).logits, labels)
+                    retrain = losses.supervised_rows(self.soft_target_model(**_model_inputs(side)).logits, labels)
+                    step = max(1, losses.CHUNK_ELEMENTS // max(source.size(-1), 1))
+                    for start in range(0, y.numel(), step):
+                        rows = slice(start, start + step)
+                        target = target_fn(source[rows], y[rows], self.unlearning_args)
+                        log_retrain = torch.log_softmax(retrain[rows].float(), dim=-1)
+                        # kl_div(input, target) = Σ exp(target)·(target − input): KL(p_retrain ‖ p̃).
+                        kl = F.kl_div(target, log_retrain, reduction="sum", log_target=True)
+                        total += kl.double()
+                    count += y.numel()
+        finally:
+            model.train(was_training)
+        return float(total) / max(count, 1)
+
+    def log_soft_target_kl(self) -> None:
+        """Log ``soft_target_kl`` (see :meth:`soft_target_kl`) at the current epoch (0 before training)."""
+        if self.state.epoch is None:
+            self.state.epoch = 0.0
+        self.log({"soft_target_kl": self.soft_target_kl()})
 
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from unilogit.stage.args import ConfigError, TrainingInterrupted
 
 if TYPE_CHECKING:
+    import torch
     from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments
     from transformers import Seq2SeqTrainingArguments, TrainerCallback
 
@@ -90,6 +91,11 @@ def run_unlearn(
         # llamafactory loads the checkpoint's own dtype (often fp32); the frozen reference only runs
         # forward passes, so it is kept in the compute dtype (DeepSpeed casts it itself).
         ref_model.to(model_args.compute_dtype)
+    soft_target_model = (
+        load_soft_target_model(unlearning_args.soft_target_kl_model, model, model_args, training_args)
+        if unlearning_args.soft_target_kl_model and training_args.do_train
+        else None
+    )
 
     collator = SFTDataCollatorWith4DAttentionMask(
         template=template,
@@ -111,6 +117,7 @@ def run_unlearn(
         data_collator=PairedCollator(collator),
         callbacks=callbacks,
         ref_model=ref_model,
+        soft_target_model=soft_target_model,
         train_dataset=PairedDataset(forget["train_dataset"], retain_train, training_args.seed)
         if "train_dataset" in forget
         else None,
@@ -143,3 +150,31 @@ def run_unlearn(
         trainer.save_metrics("eval", metrics)
 
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
+
+
+def load_soft_target_model(name: str, model: torch.nn.Module, model_args: ModelArguments,
+                           training_args: Seq2SeqTrainingArguments) -> torch.nn.Module:  # fmt: skip
+    """The retrained model of ``soft_target_kl_model``, loaded once: frozen, in eval mode, in the compute dtype,
+    on the training device. A LoRA output folder is merged onto its base, as the evaluators load it."""
+    import torch
+
+    from unilogit.models import load_for_eval
+
+    dtypes = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    try:
+        retrain, _ = load_for_eval(name, dtypes.get(model_args.compute_dtype, "float32"))
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"soft_target_kl_model: {name!r} could not be loaded ({first}); use the retrained model's folder, "
+            "hub id or alias"
+        ) from None
+    ours, theirs = model.get_output_embeddings().weight.size(0), retrain.get_output_embeddings().weight.size(0)
+    if ours != theirs:
+        raise ConfigError(
+            f"soft_target_kl_model: {name!r} has a vocabulary of {theirs} tokens and the model {ours}; use the "
+            "model retrained from the same base"
+        )
+    return retrain.requires_grad_(False).eval().to(training_args.device)

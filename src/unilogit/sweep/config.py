@@ -11,11 +11,14 @@ A sweep file is YAML with these keys (``benchmark``, ``output`` and ``methods`` 
     retrain_model: M
     model: M                        # rwku only: the original model (default smollm2-135m-instruct)
     methods:
-      NAME: {config: CONFIG.yaml, grid: {key: [v1, v2, ...], ...}}
+      NAME: {config: CONFIG.yaml, grid: {key: [v1, v2, ...], ...}, overrides: [key=value, ...]}
     quick: {points_per_method: N, eval_args: [...], overrides: [...]}   # what --quick changes
 
 Each method's grid is the cartesian product of its keys' values, in file order (the last key varies
 fastest). A point is one combination; its id is ``<method>/<key>=<value>,...`` made safe for a file name.
+A method's ``overrides`` are for its runs only, after the shared ones; their values may name the sweep's
+models as ``{target}`` and ``{retrain}`` (muse) or ``{model}`` (rwku), replaced by their paths when the
+commands are built (e.g. ``soft_target_kl_model={retrain}``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ TOP_KEYS = (
     "benchmark", "output", "data", "overrides", "eval_args", "methods", "quick",
     "target_model", "retrain_model", "model",
 )  # fmt: skip
-METHOD_KEYS = ("config", "grid")
+METHOD_KEYS = ("config", "grid", "overrides")
+# The {name}s a method's overrides may use: the keys of the sweep's models (runner._models).
+PLACEHOLDERS = {"muse": ("target", "retrain"), "rwku": ("model",)}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 QUICK_KEYS = ("points_per_method", "eval_args", "overrides")
 # The sweep sets these per point (and `rwku run` per target); a grid or override of them would break that.
 RESERVED = {"muse": ("model_name_or_path", "output_dir"), "rwku": ("model_name_or_path", "output_dir", "dataset",
@@ -90,6 +96,7 @@ class Method:
     config: str
     grid: dict[str, list[Any]]
     keys: frozenset[str] = frozenset()  # the keys of its config file
+    overrides: list[str] = field(default_factory=list)  # key=value for its runs only, {model} placeholders kept
 
 
 @dataclass
@@ -119,9 +126,13 @@ class Sweep:
             points.extend(Point(method.name, method.config, params) for params in combos)
         return points
 
-    def train_overrides(self, point: Point) -> list[str]:
-        """The training run's ``key=value`` arguments: shared overrides, the grid, then --quick's (which win)."""
-        return [*self.overrides, *point.overrides, *self.quick_overrides]
+    def train_overrides(self, point: Point, models: dict[str, str] | None = None) -> list[str]:
+        """The training run's ``key=value`` arguments: shared overrides, the method's, the grid, then --quick's
+        (which win). With ``models`` (the sweep's model paths by name), ``{name}`` in the method's are replaced."""
+        own = self.methods[point.method].overrides if point.method in self.methods else []
+        if models is not None:
+            own = [_PLACEHOLDER.sub(lambda m: models[m.group(1)], item) for item in own]
+        return [*self.overrides, *own, *point.overrides, *self.quick_overrides]
 
     def to_json(self) -> dict[str, Any]:
         """The resolved sweep, as written to ``sweep.json``."""
@@ -137,7 +148,10 @@ class Sweep:
             "target_model": self.target_model,
             "retrain_model": self.retrain_model,
             "model": self.model,
-            "methods": {m.name: {"config": m.config, "grid": m.grid} for m in self.methods.values()},
+            "methods": {
+                m.name: {"config": m.config, "grid": m.grid, **({"overrides": m.overrides} if m.overrides else {})}
+                for m in self.methods.values()
+            },
             "points": [point.id for point in self.points],
         }
 
@@ -251,7 +265,18 @@ def _method(path: Path, name: Any, spec: Any, benchmark: str) -> Method:
             raise ConfigError(f"{where}.grid.{key}: values must be numbers, strings or booleans")
         _check_config_key(f"{where}.grid", str(key), keys, benchmark)
         grid[str(key)] = [_number(v) for v in values]
-    return Method(name, config, grid, keys)
+    overrides = _key_values(f"{where}.overrides", spec.get("overrides"))
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        _check_config_key(f"{where}.overrides", key, keys, benchmark)
+        if key in grid:
+            raise ConfigError(f"{where}: {key} is in its overrides and in its grid; keep one")
+        for placeholder in _PLACEHOLDER.findall(item.split("=", 1)[1]):
+            if placeholder not in PLACEHOLDERS[benchmark]:
+                allowed = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS[benchmark])
+                raise ConfigError(f"{where}.overrides: {{{placeholder}}} in {item!r} is not a model of a "
+                                  f"{benchmark} sweep; use {allowed}")  # fmt: skip
+    return Method(name, config, grid, keys, overrides)
 
 
 def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
@@ -287,6 +312,8 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
             _check_config_key(f"{path}: overrides", key, method.keys, benchmark)
             if key in method.grid:
                 raise ConfigError(f"{path}: {key} is in overrides and in the grid of {method.name}; keep one")
+            if any(own.split("=", 1)[0].strip() == key for own in method.overrides):
+                raise ConfigError(f"{path}: {key} is in overrides and in the overrides of {method.name}; keep one")
 
     sweep = Sweep(
         path=path,

@@ -7,7 +7,11 @@ It reads ``SWEEP_DIR/sweep.csv`` and ``sweep.json`` (written by ``unilogit sweep
   per method with its Pareto front as a line, and the reference models as black markers. MUSE:
   ``pareto-knowmem`` (KnowMem_r, KnowMem_f) and ``pareto-verbmem`` (KnowMem_r, VerbMem_f); RWKU:
   ``pareto-forget-neighbor`` (Neighbor All, Forget All).
-- MUSE only: ``kl-to-retrain``, each method's lowest KL to the retrained model beside the target's.
+- MUSE only: ``kl-to-retrain-<sweep folder name>`` (e.g. ``kl-to-retrain-muse-mini``), two panels: the KL
+  between each point's soft targets and the retrained model on the forget set per epoch (``soft_target_kl``
+  in its ``trainer_log.jsonl``, logged by UnDIAL and Unilogit runs with ``soft_target_kl_model``; the paper's
+  Fig. 5), and each method's lowest KL to the retrained model beside the target's. A panel without data is
+  left out (and said so on stderr).
 - ``summary.md``: the best point per method under a stated rule, the dominated points and the table.
 """
 
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +150,63 @@ def _pareto_plot(plot: Plot, points: list[dict], refs: dict[str, dict], methods:
     return _save(fig, out / plot.name)
 
 
-def _kl_plot(points: list[dict], refs: dict[str, dict], methods: list[str], out: Path) -> list[Path]:
+TRAINER_LOG = "trainer_log.jsonl"
+SOFT_TARGET_KL = "soft_target_kl"
+
+
+def soft_target_curves(sweep_dir: Path, points: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Per point id, its ``(epoch, soft_target_kl)`` pairs in log order, from
+    ``<point>/model/trainer_log.jsonl``; points without a log or without the key are left out."""
+    curves = {}
+    for row in points:
+        log = sweep_dir / row["point"] / "model" / TRAINER_LOG
+        if not log.is_file():
+            continue
+        pairs = []
+        for line in log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short by a killed run
+                continue
+            value = entry.get(SOFT_TARGET_KL) if isinstance(entry, dict) else None
+            if isinstance(value, int | float) and math.isfinite(value):
+                pairs.append((float(entry.get("epoch") or 0.0), float(value)))
+        if pairs:
+            curves[row["point"]] = pairs
+    return curves
+
+
+def _soft_target_panel(ax: Any, curves: dict, points: list[dict], best: dict, methods: list[str]) -> None:
+    """One line per point, coloured by method; each method's best point (``best_points``) bold and labelled."""
+    best_ids = {row["point"] for row in best.values() if row and row["point"] in curves}
+    labelled = {row["method"] for row in points if row["point"] in best_ids}
+    for row in points:
+        if row["point"] not in curves:
+            continue
+        method = row["method"]
+        epochs, values = zip(*curves[row["point"]], strict=True)
+        chosen = row["point"] in best_ids
+        label = f"{method} (best: {row['point'].split('/', 1)[-1]})" if chosen else None
+        if label is None and method not in labelled:
+            label = f"{method} (no best point)"
+            labelled.add(method)
+        ax.plot(epochs, values, color=f"C{methods.index(method) % 10}", marker="o" if chosen else None,
+                linewidth=2.2 if chosen else 1.0, alpha=1.0 if chosen else 0.45, label=label)  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (0: before unlearning)")
+    ax.set_ylabel("KL(p_retrain ‖ soft target) on the forget set (lower is better)")
+    ax.set_title("Soft targets vs the retrained model, per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _kl_plot(sweep_dir: Path, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path) -> list[Path]:
+    curves = soft_target_curves(sweep_dir, points)
+    if not curves:
+        print(f"[report] no point of {sweep_dir} logged {SOFT_TARGET_KL} (UnDIAL or Unilogit with "
+              "soft_target_kl_model); the soft-target KL panel is left out", file=sys.stderr)  # fmt: skip
     bars: list[tuple[str, float, str]] = []
     if (refs.get("target") or {}).get("kl_to_retrain") is not None:
         bars.append(("target", refs["target"]["kl_to_retrain"], "0.35"))
@@ -152,17 +214,23 @@ def _kl_plot(points: list[dict], refs: dict[str, dict], methods: list[str], out:
         values = [r["kl_to_retrain"] for r in points if r["method"] == method and r.get("kl_to_retrain") is not None]
         if values:
             bars.append((method, min(values), f"C{i % 10}"))
-    if not bars:
+    if not bars and not curves:
         return []
     fig = _figure()
-    ax = fig.add_subplot()
-    names, values, colours = zip(*bars, strict=True)
-    ax.bar_label(ax.bar(names, values, color=colours), fmt="%.4f")
-    ax.tick_params(axis="x", labelrotation=0)
-    ax.set_ylabel("KL to the retrained model (lower is better)")
-    ax.set_title("Lowest KL to retrain per method; target = the starting model")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out / "kl-to-retrain")
+    if curves and bars:
+        fig.set_size_inches(13.0, 5.0)
+    axes = iter(fig.subplots(1, int(bool(curves)) + int(bool(bars)), squeeze=False)[0])
+    if curves:
+        _soft_target_panel(next(axes), curves, points, best_points("muse", points, refs)[1], methods)
+    if bars:
+        ax = next(axes)
+        names, values, colours = zip(*bars, strict=True)
+        ax.bar_label(ax.bar(names, values, color=colours), fmt="%.4f")
+        ax.tick_params(axis="x", labelrotation=0)
+        ax.set_ylabel("KL to the retrained model (lower is better)")
+        ax.set_title("Lowest KL to retrain per method; target = the starting model")
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out / f"kl-to-retrain-{sweep_dir.resolve().name}")
 
 
 def best_points(benchmark: str, points: list[dict], refs: dict[str, dict]) -> tuple[str, dict[str, dict | None]]:
@@ -248,8 +316,8 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
     paths = []
     for plot in PLOTS[benchmark]:
         paths += _pareto_plot(plot, points, refs, methods, out)
-    if benchmark == "muse" and rows and "kl_to_retrain" in rows[0]:
-        paths += _kl_plot(points, refs, methods, out)
+    if benchmark == "muse":
+        paths += _kl_plot(sweep_dir, points, refs, methods, out)
     atomic_write_text(out / "summary.md", _summary(sweep_dir, meta, rows, points, refs))
     paths.append(out / "summary.md")
     return paths

@@ -66,7 +66,7 @@ def point_commands(sweep: Sweep, point: Point, models: dict[str, str]) -> list[l
     if sweep.benchmark == "muse":
         model = folder / "model"
         train = [*CLI, "train", point.config, f"model_name_or_path={models['target']}", f"output_dir={model}",
-                 *sweep.train_overrides(point)]  # fmt: skip
+                 *sweep.train_overrides(point, models)]  # fmt: skip
         evaluate = [*CLI, "eval", "muse", "--model", str(model), "--retrain", models["retrain"],
                     "--output", str(folder / "eval"), "--name", point.method, "--data", sweep.data,
                     *sweep.eval_args]  # fmt: skip
@@ -74,7 +74,7 @@ def point_commands(sweep: Sweep, point: Point, models: dict[str, str]) -> list[l
     # `rwku run` reads key=value overrides as positional arguments after its options.
     return [[*CLI, "rwku", "run", point.config, "--output", str(folder / "run"), "--name", point.method,
              "--model", models["model"], "--data", sweep.data, *sweep.eval_args,
-             *sweep.train_overrides(point)]]  # fmt: skip
+             *sweep.train_overrides(point, models)]]  # fmt: skip
 
 
 def _evaluator_args(eval_args: list[str]) -> list[str]:
@@ -146,7 +146,7 @@ def _point_task(sweep: Sweep, point: Point, models: dict[str, str]) -> Task:
 
     record = {
         "id": point.id, "method": point.method, "config": point.config, "hyperparameters": point.params,
-        "overrides": sweep.train_overrides(point), "eval_args": sweep.eval_args, "data": sweep.data,
+        "overrides": sweep.train_overrides(point, models), "eval_args": sweep.eval_args, "data": sweep.data,
         "models": models, "commands": commands,
     }  # fmt: skip
     return Task(point.id, folder, commands, folder / METRICS_JSON, record, metrics)

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from llamafactory.webui.engine import Engine
 
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(UnlearningArguments)}
-# The panel has a field for every unlearning key, named as the key; Save, Load and Start read these.
-TRAIN_KEYS = UNLEARNING_KEYS
+# The panel has a field for every unlearning key, named as the key; Save, Load and Start read these. Not for
+# soft_target_kl_model, a diagnostic of sweeps that needs a retrained model: it is set in the YAML.
+TRAIN_KEYS = tuple(key for key in UNLEARNING_KEYS if key != "soft_target_kl_model")
 METHOD_KEYS = tuple(key for method in METHODS.values() for key in method.hyperparameters)
 
 
