@@ -340,6 +340,16 @@ def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Te
     return token_mean(_per_position(_SoftCE(gamma), logits, labels, ref_logits)[0])
 
 
+def undial_target_log_probs(ref_logits: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """log q of UnDIAL's teacher on ``[N, V]`` reference logits and labels: q = softmax(z_ref − γ·onehot(y)).
+
+    :func:`undial_loss` is the cross-entropy toward this q, computed in chunks without building it.
+    """
+    z = ref_logits.to(torch.promote_types(ref_logits.dtype, torch.float32), copy=True)
+    z[_rows_of(y.numel(), y.device), y] -= gamma
+    return F.log_softmax(z, dim=-1)
+
+
 def unilogit_target_log_probs(target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log p̃ for Unilogit's uniform-logit target, on ``[N, V]`` logits h and labels k.
 

@@ -78,19 +78,8 @@ def _unilogit(logits, labels, ref_rows, args):
     return losses.unilogit_forget_loss(logits, labels, ref_rows, args.unilogit_divergence), {}
 
 
-def undial_target_log_probs(ref_rows: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
-    """log q of UnDIAL's teacher q = softmax(z_ref − γ·onehot(y)) (:func:`losses.undial_loss`), fp32 ``[N, V]``.
-
-    losses.py builds the same teacher inside its fused kernel without exposing it; the tests check that
-    the cross-entropy toward this q equals ``undial_loss``, so the two cannot drift apart.
-    """
-    z = ref_rows.to(torch.promote_types(ref_rows.dtype, torch.float32), copy=True)
-    z[torch.arange(y.numel(), device=y.device), y] -= gamma
-    return torch.log_softmax(z, dim=-1)
-
-
 def _undial_target(rows, y, args):
-    return undial_target_log_probs(rows, y, args.undial_gamma)
+    return losses.undial_target_log_probs(rows, y, args.undial_gamma)
 
 
 def _unilogit_target(rows, y, args):
