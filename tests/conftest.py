@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -190,3 +191,23 @@ def base_config(model_dir: str, output_dir: Path, **overrides) -> dict:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def hypothesis_settings(max_examples: int) -> Any:
+    """The hypothesis suites' settings (tests/test_losses.py, tests/test_properties.py): reproducible
+    examples, no example database, and no timing deadline or speed health check on a shared machine."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -43,36 +43,30 @@ from typing import Any, Literal
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, hypothesis_settings
 from unilogit import cli
 from unilogit import losses as lean
 from unilogit import losses_reference as naive
-from unilogit.stage.args import DIVERGENCES, RETAIN_LOSSES, UNILOGIT_TARGETS, UNLEARNING_KEYS, ConfigError, show
+from unilogit.stage.args import (
+    DIVERGENCES,
+    RETAIN_LOSSES,
+    UNILOGIT_TARGETS,
+    UNLEARNING_KEYS,
+    ConfigError,
+    UnlearningArguments,
+    show,
+)
 from unilogit.stage.methods import METHODS
 
 IGNORE = -100
 EPS32 = 2.0**-24
 GRAD_STEP = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
-SETTINGS = settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors are tiny: intra-op threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+SETTINGS = hypothesis_settings(25)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -660,3 +654,9 @@ def test_config_error_lines_through_the_cli(tmp_path: Path, capsys: pytest.Captu
     code = cli.main(["train", str(tmp_path / "int-key.yaml"), "[[#0,9"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and line.startswith("unilogit: error: bad override '[[#0,9': write key=value"), line
+
+
+def test_a_retain_dataset_of_only_commas_is_no_retain_set() -> None:
+    """Found by the config fuzzing: `retain_dataset: ' , '` named no dataset and yet passed as a retain set."""
+    with pytest.raises(ConfigError, match="^retain_loss: kl needs a retain set"):
+        UnlearningArguments(unlearn_method="unilogit", retain_dataset=" , ", retain_loss="kl")

@@ -98,7 +98,7 @@ class UnlearningArguments:
                 f"retain_dataset: {show(self.retain_dataset)} is not valid; use dataset names from "
                 "dataset_info.json, comma-separated (retain_dataset: a,b)"
             )
-        if self.retain_dataset is not None and not self.retain_dataset.strip():
+        if self.retain_dataset is not None and not self.retain_datasets:  # blank, or only commas
             self.retain_dataset = None
         if self.retain_loss is None:
             self.retain_loss = METHODS[self.unlearn_method].default_retain_loss if self.retain_dataset else "none"
