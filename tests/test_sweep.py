@@ -329,7 +329,7 @@ def test_report_of_a_muse_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -
     sweep_dir = _handmade_muse_sweep(tmp_path / "sweep")
     paths = write_report(sweep_dir)
     names = sorted(p.name for p in paths)
-    stems = ("pareto-knowmem", "pareto-verbmem", "kl-to-retrain-sweep")  # named after the sweep folder
+    stems = ("pareto-knowmem", "pareto-verbmem", "pareto-sweep", "kl-to-retrain-sweep")  # -sweep: the folder's name
     assert names == sorted([*(f"{s}.{ext}" for s in stems for ext in ("png", "svg")), "summary.md"])
     for path in paths:
         assert path.parent == sweep_dir / "report" and path.stat().st_size > 0
@@ -350,6 +350,13 @@ def test_report_of_a_muse_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert len([line for line in err.splitlines() if "soft_target_kl" in line]) == 1
     assert cli.main(["report", str(sweep_dir)]) == 0  # the folder holds sweep.json: the sweep report
     assert str(sweep_dir / "report" / "summary.md") in capsys.readouterr().out
+    docs = tmp_path / "docs"
+    assert cli.main(["report", str(sweep_dir), "--publish", str(docs)]) == 0
+    published = {"sweep-sweep.csv", "sweep-sweep.md", *(f"{s}-sweep.{e}" for s in ("pareto", "kl-to-retrain")
+                                                         for e in ("png", "svg"))}  # fmt: skip
+    assert {p.name for p in docs.iterdir()} == published
+    assert (docs / "sweep-sweep.csv").read_bytes() == (sweep_dir / "sweep.csv").read_bytes()
+    assert (docs / "pareto-sweep.png").read_bytes() == (sweep_dir / "report" / "pareto-sweep.png").read_bytes()
     assert cli.main(["report", str(tmp_path)]) == 2  # no sweep.json: the report of one unlearning run
     assert "unlearn_config.yaml is missing" in capsys.readouterr().err
 

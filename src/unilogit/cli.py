@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
             _install_stub()
             return sweep_main(argv)
-        elif command == "report" and len(argv) == 1 and (Path(argv[0]) / "sweep.json").is_file():
+        elif command == "report" and argv and (Path(argv[0]) / "sweep.json").is_file():
             from unilogit.sweep.report import main as sweep_report
 
             sweep_report(argv)

@@ -126,9 +126,7 @@ def _figure() -> Any:
     return Figure(figsize=(7.0, 5.0), layout="constrained")
 
 
-def _pareto_plot(plot: Plot, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path) -> list[Path]:
-    fig = _figure()
-    ax = fig.add_subplot()
+def _pareto_panel(ax: Any, plot: Plot, points: list[dict], refs: dict[str, dict], methods: list[str]) -> None:
     for i, method in enumerate(methods):
         _, xy = _points([row for row in points if row["method"] == method], plot)
         if not xy:
@@ -147,7 +145,21 @@ def _pareto_plot(plot: Plot, points: list[dict], refs: dict[str, dict], methods:
     ax.margins(0.08)  # room for the reference labels at the edges
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, out / plot.name)
+
+
+def _pareto_plots(benchmark: str, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path,
+                  name: str) -> list[Path]:  # fmt: skip
+    """One figure per Pareto plot, and ``pareto-<name>`` with all of the benchmark's plots side by side."""
+    paths = []
+    for plot in PLOTS[benchmark]:
+        fig = _figure()
+        _pareto_panel(fig.add_subplot(), plot, points, refs, methods)
+        paths += _save(fig, out / plot.name)
+    fig = _figure()
+    fig.set_size_inches(7.0 * len(PLOTS[benchmark]), 5.0)
+    for ax, plot in zip(fig.subplots(1, len(PLOTS[benchmark]), squeeze=False)[0], PLOTS[benchmark], strict=True):
+        _pareto_panel(ax, plot, points, refs, methods)
+    return paths + _save(fig, out / f"pareto-{name}")
 
 
 TRAINER_LOG = "trainer_log.jsonl"
@@ -313,9 +325,7 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
     methods = list(dict.fromkeys([*meta.get("methods", {}), *(row["method"] for row in points)]))
     out = sweep_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for plot in PLOTS[benchmark]:
-        paths += _pareto_plot(plot, points, refs, methods, out)
+    paths = _pareto_plots(benchmark, points, refs, methods, out, sweep_dir.resolve().name)
     if benchmark == "muse":
         paths += _kl_plot(sweep_dir, points, refs, methods, out)
     atomic_write_text(out / "summary.md", _summary(sweep_dir, meta, rows, points, refs))
@@ -323,11 +333,34 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
     return paths
 
 
+def publish(sweep_dir: Path, paths: list[Path], folder: Path) -> list[Path]:
+    """Copy the sweep's table and its combined figures into ``folder`` under the sweep's name, atomically:
+    ``sweep-<name>.csv``, ``sweep-<name>.md`` (the summary), ``pareto-<name>.*`` and ``kl-to-retrain-<name>.*``."""
+    name = sweep_dir.resolve().name
+    sources = {f"sweep-{name}.csv": sweep_dir / SWEEP_CSV, f"sweep-{name}.md": sweep_dir / REPORT_DIR / "summary.md"}
+    sources.update({p.name: p for p in paths if p.stem in (f"pareto-{name}", f"kl-to-retrain-{name}")})
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for target, source in sources.items():
+        tmp = folder / f".{target}.tmp"
+        tmp.write_bytes(source.read_bytes())
+        os.replace(tmp, folder / target)
+        written.append(folder / target)
+    return written
+
+
 def main(argv: list[str]) -> list[Path]:
-    """``unilogit report SWEEP_DIR``: write the report and print the paths of its files."""
-    if len(argv) != 1:
-        raise ConfigError("report needs one sweep folder: unilogit report SWEEP_DIR")
-    paths = write_report(argv[0])
+    """``unilogit report SWEEP_DIR [--publish DIR]``: write the report and print the paths of its files."""
+    from unilogit.benchmarks.commands import CommandParser
+
+    parser = CommandParser(prog="unilogit report", description=main.__doc__)
+    parser.add_argument("sweep_dir", help="the folder `unilogit sweep` wrote")
+    parser.add_argument("--publish", metavar="DIR", help="also copy the table, summary and combined figures "
+                        "into DIR as sweep-<name>.csv/.md, pareto-<name>.* and kl-to-retrain-<name>.*")  # fmt: skip
+    args = parser.parse_args(argv)
+    paths = write_report(args.sweep_dir)
+    if args.publish:
+        paths += publish(Path(args.sweep_dir), paths, Path(args.publish))
     for path in paths:
         print(path)
     return paths
