@@ -357,6 +357,12 @@ def test_report_of_a_muse_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert {p.name for p in docs.iterdir()} == published
     assert (docs / "sweep-sweep.csv").read_bytes() == (sweep_dir / "sweep.csv").read_bytes()
     assert (docs / "pareto-sweep.png").read_bytes() == (sweep_dir / "report" / "pareto-sweep.png").read_bytes()
+    (docs / "sweep-sweep.md").write_text("an earlier sweep's summary")  # published results are not replaced ...
+    assert cli.main(["report", str(sweep_dir), "--publish", str(docs)]) == 2
+    assert "sweep-sweep.csv exists (and 5 more of this sweep's files); pass --overwrite" in capsys.readouterr().err
+    assert (docs / "sweep-sweep.md").read_text() == "an earlier sweep's summary"
+    assert cli.main(["report", str(sweep_dir), "--publish", str(docs), "--overwrite"]) == 0  # ... unless asked
+    assert (docs / "sweep-sweep.md").read_text() == (sweep_dir / "report" / "summary.md").read_text()
     assert cli.main(["report", str(tmp_path)]) == 2  # no sweep.json: the report of one unlearning run
     assert "unlearn_config.yaml is missing" in capsys.readouterr().err
 

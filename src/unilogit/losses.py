@@ -354,15 +354,18 @@ def unilogit_target_log_probs(target: torch.Tensor, y: torch.Tensor) -> torch.Te
     """log p̃ for Unilogit's uniform-logit target, on ``[N, V]`` logits h and labels k.
 
     h̃_i = h_i for i ≠ k and h̃_k = logsumexp_{i≠k}(h_i) − log(V−1), so softmax(h̃)_k = 1/V exactly
-    and the ratios among the other tokens are kept. The logsumexp over i ≠ k is taken directly (h_k
-    set to −inf), never as LSE + log(1 − p_k), which cancels when p_k → 1.
+    and the ratios among the other tokens are kept. In closed form, log p̃_k = −log V and
+    log p̃_i = log(1 − 1/V) + h_i − logsumexp_{j≠k} h_j: the logsumexp over j ≠ k is taken directly
+    (h_k set to −inf), never as LSE + log(1 − p_k), which cancels when p_k → 1, and h̃_k itself is never
+    formed, since at the magnitude of a large logit gap fp32 would round it.
     """
     vocab = target.size(-1)
     rows = _rows_of(y.numel(), y.device)
     h = target.to(torch.promote_types(target.dtype, torch.float32), copy=True)
     h[rows, y] = float("-inf")
-    h[rows, y] = torch.logsumexp(h, dim=-1) - math.log(vocab - 1)
-    return F.log_softmax(h, dim=-1)
+    log_p = F.log_softmax(h, dim=-1).add_(math.log1p(-1.0 / vocab))
+    log_p[rows, y] = -math.log(vocab)
+    return log_p
 
 
 def unilogit_forget_loss(

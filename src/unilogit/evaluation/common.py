@@ -286,7 +286,7 @@ def logits_at(
     model.eval()
     device = model_device(model)
     pad = 0  # any id: padded positions are masked out and never scored
-    out: list[torch.Tensor | None] = [None] * len(sequences)
+    by_row: dict[int, torch.Tensor] = {}
     groups = _prefix_groups(sequences, starts)
     with tqdm(total=len(sequences), desc=desc, leave=False) as bar:
         for length, members in groups:
@@ -315,9 +315,9 @@ def logits_at(
                 logits = logits.float().cpu()  # logits[:, 0] is at position `first`
                 for j, r in enumerate(rows):
                     mine = logits[j, max(starts[r], length) - first : len(sequences[r]) - first]
-                    out[r] = torch.cat([last, mine]) if length and starts[r] == length - 1 else mine
+                    by_row[r] = torch.cat([last, mine]) if length and starts[r] == length - 1 else mine
                 bar.update(len(rows))
-    return out  # type: ignore[return-value]
+    return [by_row[r] for r in range(len(sequences))]
 
 
 def next_token_logits(

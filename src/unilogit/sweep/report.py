@@ -333,12 +333,17 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
     return paths
 
 
-def publish(sweep_dir: Path, paths: list[Path], folder: Path) -> list[Path]:
+def publish(sweep_dir: Path, paths: list[Path], folder: Path, overwrite: bool = False) -> list[Path]:
     """Copy the sweep's table and its combined figures into ``folder`` under the sweep's name, atomically:
-    ``sweep-<name>.csv``, ``sweep-<name>.md`` (the summary), ``pareto-<name>.*`` and ``kl-to-retrain-<name>.*``."""
+    ``sweep-<name>.csv``, ``sweep-<name>.md`` (the summary), ``pareto-<name>.*`` and ``kl-to-retrain-<name>.*``.
+    Published files are results: one already in ``folder`` is replaced only with ``overwrite``."""
     name = sweep_dir.resolve().name
     sources = {f"sweep-{name}.csv": sweep_dir / SWEEP_CSV, f"sweep-{name}.md": sweep_dir / REPORT_DIR / "summary.md"}
     sources.update({p.name: p for p in paths if p.stem in (f"pareto-{name}", f"kl-to-retrain-{name}")})
+    existing = [target for target in sources if (folder / target).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{folder / existing[0]} exists (and {len(existing) - 1} more of this sweep's files); "
+                          "pass --overwrite to replace them or choose another --publish folder")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for target, source in sources.items():
@@ -357,10 +362,11 @@ def main(argv: list[str]) -> list[Path]:
     parser.add_argument("sweep_dir", help="the folder `unilogit sweep` wrote")
     parser.add_argument("--publish", metavar="DIR", help="also copy the table, summary and combined figures "
                         "into DIR as sweep-<name>.csv/.md, pareto-<name>.* and kl-to-retrain-<name>.*")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="let --publish replace this sweep's files in DIR")
     args = parser.parse_args(argv)
     paths = write_report(args.sweep_dir)
     if args.publish:
-        paths += publish(Path(args.sweep_dir), paths, Path(args.publish))
+        paths += publish(Path(args.sweep_dir), paths, Path(args.publish), args.overwrite)
     for path in paths:
         print(path)
     return paths
