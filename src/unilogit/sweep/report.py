@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unilogit.io import atomic_write_text
+from unilogit.io import atomic_write_bytes, atomic_write_text
 from unilogit.stage.args import ConfigError
 from unilogit.sweep.config import REFERENCES
 from unilogit.sweep.runner import SWEEP_CSV, SWEEP_JSON, markdown_table, metric_columns
@@ -344,14 +344,9 @@ def publish(sweep_dir: Path, paths: list[Path], folder: Path, overwrite: bool = 
     if existing and not overwrite:
         raise ConfigError(f"{folder / existing[0]} exists (and {len(existing) - 1} more of this sweep's files); "
                           "pass --overwrite to replace them or choose another --publish folder")  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
     for target, source in sources.items():
-        tmp = folder / f".{target}.tmp"
-        tmp.write_bytes(source.read_bytes())
-        os.replace(tmp, folder / target)
-        written.append(folder / target)
-    return written
+        atomic_write_bytes(folder / target, source.read_bytes())
+    return [folder / target for target in sources]
 
 
 def main(argv: list[str]) -> list[Path]:
