@@ -4,12 +4,15 @@
 ``retain_dataset:`` is ours. Each is read from ``dataset_info.json`` with llamafactory's own loader:
 alpaca or sharegpt records are templated like ``sft`` (prompt masked), and raw-text datasets (alpaca
 formatting with only a ``prompt`` column mapped, e.g. ``{"columns": {"prompt": "text"}}``) are
-tokenized like ``pt``, every token supervised.
+tokenized like ``pt``, every token supervised. With ``packing: true`` raw text is cut into blocks of
+``cutoff_len`` tokens the way MUSE cuts its corpora: documents joined (each ending in EOS) and split into
+consecutive blocks, the last, shorter block kept.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,6 +63,12 @@ def load_split(
     args.dataset = names
     if key == "retain_dataset":
         args.eval_dataset, args.val_size = None, 0.0
+    # llamafactory packs raw text itself but drops the tail of every 1,000-record map batch, so a forget set of
+    # a few documents packs to nothing; tokenize whole documents here and cut the blocks below instead.
+    # DataArguments.__post_init__ took one token off cutoff_len under packing; the block is the configured size.
+    block_size = data_args.cutoff_len + 1 if stage == "pt" and data_args.packing else None
+    if block_size is not None:
+        args.packing, args.cutoff_len = False, sys.maxsize
     try:
         module = get_dataset(template, model_args, args, training_args, stage=stage, **tokenizer_module)
     except KeyError as err:
@@ -73,9 +82,21 @@ def load_split(
             f"{key}: {','.join(names)}: {str(err).splitlines()[0]} Fix file_name in "
             f"{data_args.dataset_dir}/dataset_info.json or give the file records"
         ) from None
+    if block_size is not None:
+        module = {
+            split: ds.map(_blocks, batched=True, batch_size=None, fn_kwargs={"size": block_size})
+            for split, ds in module.items()
+        }
     if stage == "pt":
         module = {split: ds.map(_copy_labels, batched=True) for split, ds in module.items()}
     return module
+
+
+def _blocks(batch: dict[str, list], size: int) -> dict[str, list]:
+    """Every column joined end to end and cut into consecutive ``size``-token blocks (the last may be shorter)."""
+    joined = {column: [t for row in rows for t in row] for column, rows in batch.items()}
+    length = len(next(iter(joined.values())))
+    return {column: [tokens[i : i + size] for i in range(0, length, size)] for column, tokens in joined.items()}
 
 
 def _copy_labels(batch: dict[str, list]) -> dict[str, list]:
