@@ -12,7 +12,9 @@ consecutive blocks, the last, shorter block kept.
 from __future__ import annotations
 
 import copy
+import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,7 +31,8 @@ FORGET, RETAIN = "forget", "retain"
 
 
 def _data_stage(names: list[str], dataset_dir: str, key: str) -> str:
-    """``"pt"`` for raw-text datasets, ``"sft"`` for prompt/response ones; mixing the two is an error."""
+    """``"pt"`` for raw-text datasets, ``"sft"`` for prompt/response ones; mixing the two is an error. Local
+    JSON files are checked first (:func:`_check_json_file`)."""
     from llamafactory.data.parser import get_dataset_list
 
     try:
@@ -41,7 +44,33 @@ def _data_stage(names: list[str], dataset_dir: str, key: str) -> str:
     kinds = {"pt" if a.formatting == "alpaca" and a.response is None else "sft" for a in attrs}
     if len(kinds) > 1:
         raise ConfigError(f"{key}: mixes raw-text and prompt/response datasets; list only one kind per key")
+    for attr in attrs:
+        path = Path(dataset_dir) / attr.dataset_name
+        if attr.load_from == "file" and path.is_file() and path.suffix == ".json":
+            supervised = attr.prompt if attr.response is None else attr.response
+            _check_json_file(path, key, supervised if attr.formatting == "alpaca" else None)
     return kinds.pop()
+
+
+def _check_json_file(path: Path, key: str, text_column: str | None) -> None:
+    """One-line errors for what ``datasets`` would report as a deep traceback (a file that is not UTF-8 or not
+    JSON), and for records whose supervised text is blank, which would train on nothing but EOS."""
+    try:
+        records = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        where = f"{err.reason} at byte {err.start}"
+        raise ConfigError(f"{key}: {path} is not UTF-8 text ({where}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{key}: {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); fix the file"
+        ) from None
+    if text_column is None or not isinstance(records, list):
+        return
+    blank = sum(1 for r in records if isinstance(r, dict) and not str(r.get(text_column) or "").strip())
+    if blank:
+        raise ConfigError(
+            f"{key}: {blank} of {len(records)} records in {path} have a blank {text_column!r}; remove or fill them"
+        )
 
 
 def load_split(
