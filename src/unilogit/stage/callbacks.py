@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 from transformers import TrainerCallback
 
@@ -21,6 +22,8 @@ TERM_KEYS = ("forget_loss", "retain_loss", "npo_log_ratio", "soft_target_kl")
 RUN_INFO_NAME = "run_info.json"
 # Files of a finished or started run: a new run in the same folder needs overwrite_output_dir.
 RESULT_NAMES = (CONFIG_NAME, RUN_INFO_NAME, "trainer_log.jsonl", "all_results.json", "train_results.json")
+# Under llamafactory's logger, whose handler writes LLaMA Board's running_log.txt.
+logger = logging.get_logger("llamafactory.train.unlearn")
 PACKAGES = ("unilogit", "llamafactory", "transformers", "torch", "peft", "accelerate", "datasets")
 
 
@@ -38,9 +41,20 @@ class UnlearningLogCallback(LogCallback):
         self._terms: deque[dict[str, float]] = deque()
 
     def on_log(self, args, state, control, **kwargs):
+        last = state.log_history[-1]
+        terms = {k: last[k] for k in TERM_KEYS if k in last}
         if args.should_save and self.thread_pool is not None:  # the lines LogCallback.on_log hands to its writer
-            self._terms.append({k: state.log_history[-1][k] for k in TERM_KEYS if k in state.log_history[-1]})
-        super().on_log(args, state, control, **kwargs)
+            self._terms.append(terms)
+        # LLaMA Board shows LogCallback's line, whose keys are fixed; ours puts the terms beside the loss.
+        webui_mode, self.webui_mode = self.webui_mode, False
+        try:
+            super().on_log(args, state, control, **kwargs)
+        finally:
+            self.webui_mode = webui_mode
+        if webui_mode and args.should_save and all(key in last for key in ("loss", "learning_rate", "epoch")):
+            shown = [f"'{k}': {v:.4f}" for k, v in {"loss": last["loss"], **terms}.items()]
+            shown += [f"'learning_rate': {last['learning_rate']:2.4e}", f"'epoch': {last['epoch']:.2f}"]
+            logger.info_rank0("{" + ", ".join(shown) + "}")
 
     def _write_log(self, output_dir: str, logs: dict[str, Any]) -> None:
         super()._write_log(output_dir, {**logs, **(self._terms.popleft() if self._terms else {})})

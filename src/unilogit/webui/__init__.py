@@ -7,9 +7,14 @@ llamafactory's files are never edited. :func:`install` changes, in memory:
 - ``SUPPORTED_MODELS``: the embedded default model comes first in the model picker;
 - ``LOCALES``: the panel's labels and tooltips;
 - the Train tab: the Unlearning panel is built inside ``create_train_tab``, so its fields reach the
-  Preview, Save, Load and Start buttons, and is placed under the stage and dataset row;
+  Preview, Save, Load and Start buttons, and is placed under the stage and dataset row; its Evaluate
+  block goes under the run's output (below Start);
 - the runner: the panel's keys join the run's arguments, they are checked like ``unilogit train``
-  checks them, and runs start ``unilogit train`` instead of ``llamafactory-cli train``;
+  checks them (a refusal shown as written, see :mod:`unilogit.webui.markup`), and runs start
+  ``unilogit train`` instead of ``llamafactory-cli train``;
+- the run's view (:mod:`unilogit.webui.progress`): the log without repeated messages, the bar from Start
+  on, and the unlearning terms in the loss plot;
+- page load: a reopened page follows the running (or shows the last) evaluation;
 - the Chat tab, which loads models in-process: it resolves the embedded model's alias first.
 
 ``tests/test_webui.py`` builds the whole UI, so an upstream layout change fails there loudly.
@@ -35,13 +40,14 @@ def install() -> None:
 
     install_torchaudio_stub()
     from llamafactory.extras.constants import DEFAULT_TEMPLATE, SUPPORTED_MODELS, TRAINING_STAGES, DownloadSource
-    from llamafactory.webui import chatter, interface, runner
+    from llamafactory.webui import chatter, control, engine, interface, runner
     from llamafactory.webui.components import eval as eval_tab
     from llamafactory.webui.components import train as train_tab
     from llamafactory.webui.locales import LOCALES
 
     from unilogit.models import DEFAULT_MODEL
     from unilogit.webui.locales import PANEL_LOCALES, complete
+    from unilogit.webui.progress import loss_plot
 
     clashes = set(PANEL_LOCALES) & set(LOCALES)
     if clashes:
@@ -60,12 +66,17 @@ def install() -> None:
         parse_train_args=runner.Runner._parse_train_args,
         gen_cmd=runner.gen_cmd,
         load_model=chatter.WebChatModel.load_model,
+        get_trainer_info=runner.get_trainer_info,
+        resume=engine.Engine.resume,
     )
     interface.create_train_tab = _create_train_tab
     runner.Runner._initialize = _initialize
     runner.Runner._parse_train_args = _parse_train_args
     runner.gen_cmd = _gen_cmd
     runner.Popen = _popen
+    runner.get_trainer_info = _trainer_info
+    control.gen_loss_plot = loss_plot
+    engine.Engine.resume = _resume
     chatter.WebChatModel.load_model = _load_chat_model
 
 
@@ -103,27 +114,30 @@ def _put_first(mapping: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _create_train_tab(engine: Any) -> dict[str, Any]:
-    """llamafactory's Train tab with the Unlearning panel under its stage and dataset row."""
-    from unilogit.webui.panel import TRAIN_KEYS, bind_unlearn_panel, create_unlearn_panel
+    """llamafactory's Train tab with the Unlearning panel under its stage and dataset row, and the Evaluate
+    block under the run's output."""
+    from unilogit.webui.panel import PANEL_KEYS, bind_unlearn_panel, create_unlearn_panel
 
     manager = engine.manager
-    unlearn_tab, elems = create_unlearn_panel()
+    unlearn_tab, eval_tab, elems = create_unlearn_panel()
     # create_train_tab hands the set from get_base_elems() to the Preview/Save/Load/Start buttons; adding
     # our fields to it is what makes those buttons read and restore them.
     base_elems = manager.get_base_elems
-    manager.get_base_elems = lambda: base_elems() | {elems[key] for key in TRAIN_KEYS}
+    manager.get_base_elems = lambda: base_elems() | {elems[key] for key in PANEL_KEYS}
     try:
         train_elems = _ORIGINAL["create_train_tab"](engine)
     finally:
         del manager.get_base_elems
     _place_after(unlearn_tab, train_elems["training_stage"])
+    # Evaluation comes once a run has finished: after Start and the run's log and plot.
+    _place_after(eval_tab, train_elems["output_box"])
     # Stable DOM ids (llamaboard-top-model-path, llamaboard-train-output-box, ...) for tests and custom CSS.
     named = {manager.get_id_by_elem(e): e for e in manager.get_elem_list()}
     for elem_id, elem in (named | {f"train.{name}": e for name, e in train_elems.items()}).items():
         elem.elem_id = elem.elem_id or "llamaboard-" + elem_id.replace(".", "-").replace("_", "-")
     _new_user_defaults(manager, train_elems)
-    bind_unlearn_panel(engine, unlearn_tab, elems, train_elems)
-    return {**train_elems, "unlearn_tab": unlearn_tab, **elems}
+    bind_unlearn_panel(engine, (unlearn_tab, eval_tab), elems, train_elems)
+    return {**train_elems, "unlearn_tab": unlearn_tab, "unlearn_eval_tab": eval_tab, **elems}
 
 
 def _new_user_defaults(manager: Any, train_elems: dict[str, Any]) -> None:
@@ -146,16 +160,16 @@ def _place_after(block: Any, inner: Any) -> None:
     while anchor is not None and anchor.parent is not block.parent:
         anchor = anchor.parent
     if anchor is None:
-        raise RuntimeError("llamafactory's Train tab layout changed: the stage dropdown is not inside the tab")
+        raise RuntimeError(f"llamafactory's Train tab layout changed: {inner.elem_id or inner} is not inside the tab")
     siblings = block.parent.children
     siblings.remove(block)
     siblings.insert(siblings.index(anchor) + 1, block)
 
 
 def _panel_values(runner: Any, data: dict[Any, Any]) -> dict[str, Any]:
-    from unilogit.webui.panel import TRAIN_KEYS
+    from unilogit.webui.panel import PANEL_KEYS
 
-    return {key: data[runner.manager.get_elem_by_id(f"train.{key}")] for key in TRAIN_KEYS}
+    return {key: data[runner.manager.get_elem_by_id(f"train.{key}")] for key in PANEL_KEYS}
 
 
 def _is_unlearn(runner: Any, data: dict[Any, Any]) -> bool:
@@ -165,26 +179,32 @@ def _is_unlearn(runner: Any, data: dict[Any, Any]) -> bool:
 
 
 def _initialize(self: Any, data: dict[Any, Any], do_train: bool, from_preview: bool) -> str:
-    """LLaMA Board's checks, then the CLI's checks of the unlearning keys; an error is shown in the page."""
+    """LLaMA Board's checks, then the CLI's checks of the unlearning keys; an error is shown in the page and in
+    a toast, both of which render HTML, so it is escaped to read as the CLI writes it."""
     from unilogit.stage.args import ConfigError
-    from unilogit.webui.panel import unlearning_config
+    from unilogit.webui.markup import escape
+    from unilogit.webui.panel import max_steps_config, unlearning_config
 
     error = _ORIGINAL["initialize"](self, data, do_train, from_preview)
     if error or not do_train or not _is_unlearn(self, data):
         return error
+    values = _panel_values(self, data)
     try:
-        unlearning_config(_panel_values(self, data))
+        unlearning_config(values)
+        max_steps_config(values["max_steps"])
     except ConfigError as err:
-        return f"unilogit: error: {err}"
+        return escape(f"unilogit: error: {err}")
     return ""
 
 
 def _parse_train_args(self: Any, data: dict[Any, Any]) -> dict[str, Any]:
-    from unilogit.webui.panel import unlearning_config
+    from unilogit.webui.panel import max_steps_config, unlearning_config
 
     args = _ORIGINAL["parse_train_args"](self, data)
     if args["stage"] == "unlearn":
-        args.update(unlearning_config(_panel_values(self, data)))
+        values = _panel_values(self, data)
+        args.update(unlearning_config(values))
+        args.update(max_steps_config(values["max_steps"]))
     return args
 
 
@@ -195,9 +215,33 @@ def _gen_cmd(args: dict[str, Any]) -> str:
 def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     """Start LLaMA Board's ``llamafactory-cli`` commands through our CLI, which runs ``stage: unlearn``
     itself, hands the other stages to llamafactory, and resolves the embedded model's alias."""
+    from unilogit.webui.progress import run_started
+
     if cmd[0] == "llamafactory-cli":
         cmd = [sys.executable, "-m", "unilogit.cli", *cmd[1:]]
+    if "LLAMABOARD_WORKDIR" in kwargs.get("env", {}):
+        run_started(kwargs["env"]["LLAMABOARD_WORKDIR"])
     return subprocess.Popen(cmd, **kwargs)
+
+
+def _trainer_info(lang: str, output_path: Any, do_train: bool) -> tuple[str, Any, dict[str, Any]]:
+    from unilogit.webui.progress import trainer_info
+
+    return trainer_info(_ORIGINAL["get_trainer_info"], lang, output_path, do_train)
+
+
+def _resume(self: Any) -> Iterator[dict[Any, Any]]:
+    """Page load: LLaMA Board's restore (which also re-attaches a running training), then the evaluation
+    started last in this server, followed until it ends: closing the tab does not stop it."""
+    from unilogit.webui.evaluate import follow_evaluation, latest_evaluation
+
+    yield from _ORIGINAL["resume"](self)
+    job = latest_evaluation()
+    if job is None or self.pure_chat:
+        return
+    box = self.manager.get_elem_by_id("train.unlearn_eval_box")
+    for text, _ in follow_evaluation(job):
+        yield {box: text}
 
 
 def _load_chat_model(self: Any, data: dict[Any, Any]) -> Iterator[str]:

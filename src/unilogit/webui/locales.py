@@ -99,6 +99,28 @@ PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
             "info": "全参/冻结微调且不使用 DeepSpeed 时：冻结的参考模型在两次前向之间留在 CPU 上。",
         },
     },
+    "max_steps": {
+        "en": {
+            "label": "Max steps",
+            "info": "Stop after this many optimizer steps (overrides the epochs); 0: train for the epochs set above.",
+        },
+        "zh": {"label": "最大步数", "info": "训练到该优化步数即停止（优先于训练轮数）；0 表示按上方设置的轮数训练。"},
+    },
+    "tokenizer_name_or_path": {
+        "en": {
+            "label": "Tokenizer (optional)",
+            "info": "For a model folder that ships no tokenizer: its tokenizer's folder or hub id. The run's output "
+            "folder then carries it.",
+        },
+        "zh": {
+            "label": "分词器（可选）",
+            "info": "模型目录不含分词器时：分词器的目录或 Hub ID。训练输出目录随后会带上该分词器。",
+        },
+    },
+    "unlearn_eval_tab": {
+        "en": {"label": "Evaluate the run"},
+        "zh": {"label": "评测本次训练"},
+    },
     "unlearn_bench": {
         "en": {"label": "Benchmark", "info": "The evaluator to run on this run's output folder."},
         "zh": {"label": "评测基准", "info": "在本次训练的输出目录上运行的评测。"},
@@ -133,8 +155,11 @@ PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
         "zh": {"value": "开始评测"},
     },
     "unlearn_eval_box": {
-        "en": {"value": "Evaluate the finished run's output folder on the chosen benchmark."},
-        "zh": {"value": "在所选基准上评测已完成训练的输出目录。"},
+        "en": {
+            "value": "Evaluate the finished run's output folder on the chosen benchmark. The evaluation goes on "
+            "when this page is closed; reopen it to see the progress."
+        },
+        "zh": {"value": "在所选基准上评测已完成训练的输出目录。关闭页面后评测仍会继续；重新打开页面即可查看进度。"},
     },
 }
 

@@ -1,8 +1,9 @@
-"""The Unlearning panel of LLaMA Board's Train tab: its components, events and the keys it adds.
+"""The Unlearning panel of LLaMA Board's Train tab and its Evaluate block: components, events, keys.
 
 The panel's values become the ``unlearn`` keys of the run through :func:`unlearning_config`, which
 checks them with the CLI's own validation (``UnlearningArguments``), so the page and ``unilogit
-train`` accept and refuse exactly the same configurations.
+train`` accept and refuse exactly the same configurations. Its Max steps field is llamafactory's
+``max_steps`` (:func:`max_steps_config`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from unilogit.stage.args import (
     RETAIN_LOSSES,
     UNILOGIT_TARGETS,
     UNLEARNING_KEYS,
+    ConfigError,
     UnlearningArguments,
     split_unlearning_args,
 )
 from unilogit.stage.methods import METHODS
-from unilogit.webui.evaluate import BENCHMARKS, run_benchmark
+from unilogit.webui.evaluate import BENCHMARKS, follow_evaluation, start_evaluation
 from unilogit.webui.locales import PANEL_LOCALES
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(UnlearningArgument
 # soft_target_kl_model, a diagnostic of sweeps that needs a retrained model: it is set in the YAML.
 TRAIN_KEYS = tuple(key for key in UNLEARNING_KEYS if key != "soft_target_kl_model")
 METHOD_KEYS = tuple(key for method in METHODS.values() for key in method.hyperparameters)
+# The fields that Save, Load and Start read: the unlearning keys, and llamafactory's max_steps.
+PANEL_KEYS = (*TRAIN_KEYS, "max_steps")
 
 
 def unlearning_config(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,8 +55,22 @@ def unlearning_config(values: Mapping[str, Any]) -> dict[str, Any]:
     config.update({key: values[key] for key in _own_knobs(method)})
     if values["ref_offload"]:
         config["ref_offload"] = True
+    if (values.get("tokenizer_name_or_path") or "").strip():
+        config["tokenizer_name_or_path"] = values["tokenizer_name_or_path"].strip()
     split_unlearning_args(dict(config))
     return config
+
+
+def max_steps_config(value: Any) -> dict[str, Any]:
+    """``{"max_steps": n}`` for the Max steps field, or ``{}`` when it is empty or 0 (num_train_epochs decides).
+
+    Raises ``ConfigError`` for a negative or fractional value.
+    """
+    if value in (None, "", 0):
+        return {}
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+        raise ConfigError(f"max_steps: {value!r} is not a whole number >= 0; use 0 to train for num_train_epochs")
+    return {"max_steps": int(value)}
 
 
 def _own_knobs(method: str) -> tuple[str, ...]:
@@ -74,8 +92,9 @@ def _kw(name: str) -> dict[str, Any]:
     return {**PANEL_LOCALES[name]["en"], "elem_id": "unilogit-" + name.replace("_", "-")}
 
 
-def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
-    """Build the panel (an accordion) in the current layout; return it and its components by name."""
+def create_unlearn_panel() -> tuple[Any, Any, dict[str, Component]]:
+    """Build the panel and the Evaluate block (two accordions) in the current layout; return both and the
+    components by name."""
     method = DEFAULTS["unlearn_method"]
     own = _own_knobs(method)
     with gr.Accordion(open=True, **_kw("unlearn_tab")) as unlearn_tab:
@@ -96,6 +115,9 @@ def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
             for key, options in (("unilogit_target", UNILOGIT_TARGETS), ("unilogit_divergence", DIVERGENCES)):
                 elems[key] = gr.Dropdown(choices=list(options), value=DEFAULTS[key], visible=key in own, **_kw(key))
             elems["ref_offload"] = gr.Checkbox(value=DEFAULTS["ref_offload"], **_kw("ref_offload"))
+            elems["max_steps"] = gr.Number(value=0, minimum=0, precision=0, **_kw("max_steps"))
+            elems["tokenizer_name_or_path"] = gr.Textbox(scale=2, **_kw("tokenizer_name_or_path"))
+    with gr.Accordion(open=True, **_kw("unlearn_eval_tab")) as eval_tab:
         with gr.Row():
             first = next(iter(BENCHMARKS))
             elems["unlearn_bench"] = gr.Dropdown(choices=list(BENCHMARKS), value=first, **_kw("unlearn_bench"))
@@ -105,19 +127,25 @@ def create_unlearn_panel() -> tuple[Any, dict[str, Component]]:
             elems["unlearn_eval_overwrite"] = gr.Checkbox(**_kw("unlearn_eval_overwrite"))
             elems["unlearn_eval_btn"] = gr.Button(**_kw("unlearn_eval_btn"))
         elems["unlearn_eval_box"] = gr.Markdown(**_kw("unlearn_eval_box"))
-    return unlearn_tab, elems
+    return unlearn_tab, eval_tab, elems
 
 
 def bind_unlearn_panel(
-    engine: Engine, unlearn_tab: Any, elems: dict[str, Component], train_elems: dict[str, Component]
+    engine: Engine, blocks: tuple[Any, Any], elems: dict[str, Component], train_elems: dict[str, Component]
 ) -> None:
-    """Wire the panel's events; ``train_elems`` are LLaMA Board's own Train-tab components."""
+    """Wire the events of the panel and the Evaluate block (``blocks``); ``train_elems`` are LLaMA Board's own
+    Train-tab components."""
     from llamafactory.extras.constants import TRAINING_STAGES
     from llamafactory.webui.common import get_save_dir
     from llamafactory.webui.control import list_datasets
 
     stage, method = train_elems["training_stage"], elems["unlearn_method"]
-    stage.change(lambda s: gr.update(visible=TRAINING_STAGES.get(s) == "unlearn"), [stage], [unlearn_tab], queue=False)
+    stage.change(
+        lambda s: [gr.update(visible=TRAINING_STAGES.get(s) == "unlearn")] * len(blocks),
+        [stage],
+        list(blocks),
+        queue=False,
+    )
     method.change(_method_fields, [method], [elems[key] for key in METHOD_KEYS], queue=False)
     # On user input only: a loaded config changes the method too and must keep its own retain loss.
     method.input(_retain_loss_for, [method], [elems["retain_loss"]], queue=False)
@@ -148,7 +176,10 @@ def bind_unlearn_panel(
         benchmark = BENCHMARKS[bench_name]
         model = str(get_save_dir(model_name, finetuning_type, output_dir))
         argv = benchmark.argv(model, data, (retrain or "").strip() or None, max_examples or "", overwrite)
-        for text, ok in run_benchmark(benchmark, argv, model):
+        job, already = start_evaluation(benchmark, argv, model)
+        if already:
+            gr.Info("This run is being evaluated already; here is its progress.")
+        for text, ok in follow_evaluation(job):
             if ok is False:
                 gr.Warning(text.splitlines()[0])
             yield text
@@ -167,4 +198,6 @@ def bind_unlearn_panel(
             elems["unlearn_eval_overwrite"],
         ],
         [elems["unlearn_eval_box"]],
+        # Another tab may follow the same evaluation while this one waits on it.
+        concurrency_limit=None,
     )
