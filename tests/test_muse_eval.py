@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -343,16 +344,29 @@ def test_evaluate_muse_end_to_end(tiny, tmp_path: Path) -> None:
         "privleak_holdout": 3,
     }
 
-    # PrivLeak only: against itself it is exactly 0; without a retrained model, the MUSE-News constant.
+    assert result["auc_retrain_from"] == "retrain model"
+
+    # PrivLeak only: against itself it is exactly 0; without a retrained model, MUSE's constant of the hub
+    # corpus the data came from, and local data is refused.
     privacy_only = MuseData(privleak_forget=data.privleak_forget, privleak_holdout=data.privleak_holdout)
     self_result = evaluate_muse(model, tokenizer, privacy_only, retrain_model=model)
     assert self_result["privleak"] == 0.0 and self_result["kl_to_retrain"] == 0.0  # reused, not recomputed
     assert self_result["auc_retrain"] == self_result["auc"] == result["auc"]
     assert self_result["verbmem_f"] is None and self_result["knowmem_f"] is None
-    default = evaluate_muse(model, tokenizer, privacy_only)
-    assert default["auc_retrain"] == 0.4772 and default["kl_to_retrain"] is None
+    with pytest.raises(ConfigError, match="pass --retrain"):
+        evaluate_muse(model, tokenizer, privacy_only)
+    for source, hub_id, constant in (
+        ("books", "muse-bench/MUSE-Books", 0.5393),
+        ("News", "muse-bench/MUSE-News", 0.4772),
+    ):
+        hub = evaluate_muse(model, tokenizer, dataclasses.replace(privacy_only, source=source))
+        assert hub["auc_retrain"] == constant and hub["kl_to_retrain"] is None
+        assert hub["auc_retrain_from"] == f"MUSE constant for {hub_id}"
+        assert hub["privleak"] == pytest.approx((hub["auc"] - constant) / constant * 100)
     given = evaluate_muse(model, tokenizer, privacy_only, retrain_auc=0.5)
-    assert given["privleak"] == pytest.approx((given["auc"] - 0.5) / 0.5 * 100)
+    assert given["privleak"] == pytest.approx((given["auc"] - 0.5) / 0.5 * 100) and given["auc_retrain_from"] == "given"
+    # A retrain AUC of 0 (a few texts the retrain model separates perfectly): PrivLeak divides by it, so n/a.
+    assert evaluate_muse(model, tokenizer, privacy_only, retrain_auc=0.0)["privleak"] is None
 
     results = {"target": result, "self": self_result}
     write_results(results, tmp_path / "muse.json", tmp_path / "muse.md")

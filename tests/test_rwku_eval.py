@@ -330,7 +330,7 @@ def test_rwku_run_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     cases = (
         (["--targets", "3"], "outside 1-2"),
         (["--corpus", "train_nothing"], "missing RWKU file"),
-        (["--data", "rwku", "--targets", "1"], "retain_loss needs a retain set"),
+        (["--data", "rwku", "--targets", "1"], "needs a retain set"),
     )
     for extra, message in cases:
         assert cli.main([*base, *extra]) == 2

@@ -28,6 +28,27 @@ class CommandParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
+def add_model_args(parser: CommandParser, batch_size: int) -> None:
+    """The options every evaluator shares: ``--tokenizer``, ``--dtype`` and ``--batch-size``."""
+    from unilogit.models import DTYPES
+
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer folder or hub id, for a model that ships none (muse-bench's: meta-llama/Llama-2-7b-hf, "
+        "the default for muse-bench/ ids); default: the model's own, or a LoRA folder's base model's",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="weights' dtype; auto: bfloat16 on a GPU, float32 on the CPU"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
+        help=f"examples per forward pass (default {batch_size}); on a GPU that runs out of memory a batch is "
+        "halved and run again",
+    )
+
+
 def data_path(data: str) -> str:
     """``data`` as given, or under the repository when it names one of the repository's folders."""
     return str(ROOT / data) if not Path(data).exists() and (ROOT / data).exists() else data

@@ -2,23 +2,28 @@
 next-token choices, completion scores, and the Markdown table.
 
 Every model call here is batched: generation with left padding and the KV cache, likelihoods with right
-padding, each with a progress bar.
+padding, each with a progress bar. On a GPU that runs out of memory a batch is halved and run again
+(:class:`Batches`); inputs go to the device of the model's first parameter.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from unilogit.stage.args import ConfigError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # --------------------------------------------------------------------------------------------- data
 
@@ -109,6 +114,77 @@ def decode(tokenizer: Any, ids: Any) -> list[str]:
     return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
 
+class Batches:
+    """Runs a function over consecutive batches of a list, with a progress bar: "as large as memory allows".
+
+    On a CUDA out-of-memory error the batch size is halved and the same batch run again, and the smaller size
+    is kept for the batches after it. Elsewhere (the CPU) every batch holds exactly ``batch_size`` items (the
+    last one fewer), so results are those of fixed batches.
+    """
+
+    def __init__(self, batch_size: int, total: int, desc: str) -> None:
+        self.size = batch_size
+        self.desc = desc
+        self.bar = tqdm(total=total, desc=desc, leave=False)
+
+    def __enter__(self) -> Batches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def map(self, fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
+        """``fn`` of each batch of ``items``, concatenated (``fn`` returns one result per item)."""
+        out: list[R] = []
+        start = 0
+        while start < len(items):
+            chunk = items[start : start + self.size]
+            try:
+                results: list[R] | None = fn(chunk)
+            except torch.OutOfMemoryError:
+                if self.size == 1:
+                    raise ConfigError(
+                        f"{self.desc}: out of GPU memory with batch size 1; evaluate with --dtype bfloat16, on a "
+                        "GPU with more free memory, or on several GPUs"
+                    ) from None
+                results = None
+            if results is None:  # outside the except block, so the failed batch's tensors are freed first
+                torch.cuda.empty_cache()
+                self.size //= 2
+                tqdm.write(f"[unilogit] {self.desc}: out of GPU memory; batch size lowered to {self.size}")
+                continue
+            out.extend(results)
+            start += len(chunk)
+            self.bar.update(len(chunk))
+        return out
+
+
+@contextmanager
+def padding_side(tokenizer: Any, side: str) -> Iterator[Any]:
+    """``tokenizer`` padding on ``side`` (left for generation, right for likelihoods), with a pad token
+    (:func:`ensure_pad_token`); its ``padding_side`` is restored afterwards."""
+    ensure_pad_token(tokenizer)
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = previous
+
+
+def _encode(
+    tokenizer: Any, texts: Sequence[str], add_special_tokens: bool = True, max_length: int | None = None
+) -> Any:
+    return tokenizer(
+        list(texts),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=add_special_tokens,
+        truncation=max_length is not None,
+        max_length=max_length,
+    )
+
+
 @torch.no_grad()
 def generate_greedy(
     model: torch.nn.Module,
@@ -122,16 +198,17 @@ def generate_greedy(
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (only the new tokens, decoded with special tokens skipped).
 
-    Batched with left padding and an attention mask, KV cache on. By default prompts are tokenized with
-    the tokenizer's special tokens (BOS where it has one), as MUSE does; chat-templated prompts already
-    hold theirs (``add_special_tokens=False``). A row also ends at the model's eos (the end of turn).
+    Batched with left padding and an attention mask, KV cache on (:class:`Batches`). By default prompts are
+    tokenized with the tokenizer's special tokens (BOS where it has one), as MUSE does; chat-templated prompts
+    already hold theirs (``add_special_tokens=False``). A row also ends at the model's eos (the end of turn).
     If the tokenizer has no pad token, eos becomes the pad token (and stays so); ``tokenizer.padding_side``
     is restored afterwards.
     """
     model.eval()
     device = model_device(model)
-    outputs: list[str] = []
-    for enc in padded_batches(tokenizer, prompts, batch_size, "left", desc, add_special_tokens):
+
+    def run(batch: Sequence[str]) -> list[str]:
+        enc = _encode(tokenizer, batch, add_special_tokens)
         input_ids = enc["input_ids"].to(device)
         generated = model.generate(
             input_ids=input_ids,
@@ -147,56 +224,52 @@ def generate_greedy(
             # the text before the stop is the same as without it.
             **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
         )
-        outputs.extend(decode(tokenizer, generated[:, input_ids.shape[1] :]))
-    return outputs
+        return decode(tokenizer, generated[:, input_ids.shape[1] :])
+
+    with padding_side(tokenizer, "left"), Batches(batch_size, len(prompts), desc) as batches:
+        return batches.map(run, prompts)
 
 
-def padded_batches(
+def map_right_padded(
     tokenizer: Any,
     texts: Sequence[str],
     batch_size: int,
-    side: str,
+    max_length: int | None,
     desc: str,
-    add_special_tokens: bool = True,
-    max_length: int | None = None,
-) -> Iterator[Any]:
-    """``texts`` tokenized ``batch_size`` at a time, padded on ``side`` (left for generation and next-token
-    logits, right for likelihoods), with a progress bar; ``tokenizer.padding_side`` is restored afterwards."""
-    ensure_pad_token(tokenizer)
-    previous = tokenizer.padding_side
-    tokenizer.padding_side = side
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-            yield tokenizer(
-                list(texts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=add_special_tokens,
-                truncation=max_length is not None,
-                max_length=max_length,
-            )
-    finally:
-        tokenizer.padding_side = previous
+    fn: Callable[[torch.Tensor, torch.Tensor, list[int]], list[R]],
+) -> list[R]:
+    """``fn(input_ids, attention_mask, lengths)`` over right-padded batches of ``texts`` (special tokens added,
+    ``max_length`` truncates), one result per text, in :class:`Batches`."""
+
+    def run(batch: Sequence[str]) -> list[R]:
+        enc = _encode(tokenizer, batch, max_length=max_length)
+        return fn(enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist())
+
+    with padding_side(tokenizer, "right"), Batches(batch_size, len(texts), desc) as batches:
+        return batches.map(run, texts)
 
 
-def right_padded_batches(
-    tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
-    """Right-padded batches ``(input_ids, attention_mask, lengths)`` with special tokens added."""
-    for enc in padded_batches(tokenizer, texts, batch_size, "right", desc, max_length=max_length):
-        yield enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(dim=1).tolist()
-
-
-def _text_log_softmax(
-    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int | None, desc: str
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per text, ``(log_softmax [n−1, V] in fp32, targets [n−1])`` over the positions that predict a token."""
+def _per_text(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    max_length: int | None,
+    desc: str,
+    reduce: Callable[[torch.Tensor, torch.Tensor], R],
+) -> list[R]:
+    """Per text, ``reduce(log_softmax [n−1, V] in fp32, targets [n−1])`` over the positions that predict a token."""
     model.eval()
     device = model_device(model)
-    for input_ids, attention, lengths in right_padded_batches(tokenizer, texts, batch_size, max_length, desc):
+
+    def run(input_ids: torch.Tensor, attention: torch.Tensor, lengths: list[int]) -> list[R]:
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        for row, n in enumerate(lengths):
-            yield F.log_softmax(logits[row, : n - 1].float(), dim=-1), input_ids[row, 1:n].to(logits.device)
+        return [
+            reduce(F.log_softmax(logits[row, : n - 1].float(), dim=-1), input_ids[row, 1:n].to(logits.device))
+            for row, n in enumerate(lengths)
+        ]
+
+    return map_right_padded(tokenizer, texts, batch_size, max_length, desc, run)
 
 
 @torch.no_grad()
@@ -210,10 +283,11 @@ def token_log_probs(
 ) -> list[torch.Tensor]:
     """Per text, the 1-D fp32 CPU tensor of log p(x_t | x_<t) for t = 1..n−1 (n tokens, special tokens
     included as MUSE's ``tokenizer.encode``; no padding positions). ``max_length`` truncates."""
-    return [
-        log_probs.gather(-1, targets[:, None])[:, 0].cpu()
-        for log_probs, targets in _text_log_softmax(model, tokenizer, texts, batch_size, max_length, desc)
-    ]
+
+    def picked(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return log_probs.gather(-1, targets[:, None])[:, 0].cpu()
+
+    return _per_text(model, tokenizer, texts, batch_size, max_length, desc, picked)
 
 
 @torch.no_grad()
@@ -227,13 +301,14 @@ def token_statistics(
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per text, ``(log p(x_t), μ_t, σ_t)`` as 1-D CPU tensors, with μ_t = E_{v∼p}[log p(v)] and
     σ_t² = E_{v∼p}[(log p(v))²] − μ_t² under the model's next-token distribution p at position t (Min-K%++)."""
-    out = []
-    for log_probs, targets in _text_log_softmax(model, tokenizer, texts, batch_size, max_length, desc):
+
+    def statistics(log_probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         probs = log_probs.exp()
         mu = (probs * log_probs).sum(-1)
         sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
-        out.append((log_probs.gather(-1, targets[:, None])[:, 0].cpu(), mu.cpu(), sigma.cpu()))
-    return out
+        return log_probs.gather(-1, targets[:, None])[:, 0].cpu(), mu.cpu(), sigma.cpu()
+
+    return _per_text(model, tokenizer, texts, batch_size, max_length, desc, statistics)
 
 
 # Rows that share at least this many leading tokens (a few-shot header, a primer, one question's choices) are
@@ -287,16 +362,15 @@ def logits_at(
     device = model_device(model)
     pad = 0  # any id: padded positions are masked out and never scored
     by_row: dict[int, torch.Tensor] = {}
-    groups = _prefix_groups(sequences, starts)
-    with tqdm(total=len(sequences), desc=desc, leave=False) as bar:
-        for length, members in groups:
+    with Batches(batch_size, len(sequences), desc) as batches:
+        for length, members in _prefix_groups(sequences, starts):
             cache, last = None, None
             if length:
                 prefix = torch.tensor([sequences[members[0]][:length]], device=device)
                 run = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
                 cache, last = run.past_key_values, run.logits[0, -1:].float().cpu()
-            for begin in range(0, len(members), batch_size):
-                rows = members[begin : begin + batch_size]
+
+            def score(rows: Sequence[int], length: int = length, cache: Any = cache, last: Any = last) -> list:
                 width = max(len(sequences[r]) - length for r in rows)
                 input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
                 attention = torch.zeros((len(rows), length + width), dtype=torch.long)
@@ -313,10 +387,13 @@ def logits_at(
                     kwargs["past_key_values"].batch_repeat_interleave(len(rows))
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
                 logits = logits.float().cpu()  # logits[:, 0] is at position `first`
+                out = []
                 for j, r in enumerate(rows):
                     mine = logits[j, max(starts[r], length) - first : len(sequences[r]) - first]
-                    by_row[r] = torch.cat([last, mine]) if length and starts[r] == length - 1 else mine
-                bar.update(len(rows))
+                    out.append(torch.cat([last, mine]) if length and starts[r] == length - 1 else mine)
+                return out
+
+            by_row.update(zip(members, batches.map(score, members), strict=True))
     return [by_row[r] for r in range(len(sequences))]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +38,11 @@ from unilogit.evaluation.common import (
     decode,
     format_table,
     generate_greedy,
+    map_right_padded,
     mean_or_none,
     min_k_score,
     model_device,
     read_json_records,
-    right_padded_batches,
     rouge_l_f1,
     token_log_probs,
 )
@@ -241,7 +242,9 @@ def export_muse(hub_id_or_alias: str, out_dir: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------ metrics
 
 MIN_K = 0.4
-MUSE_NEWS_AUC_RETRAIN = 0.4772  # MUSE constants.py: AUC_RETRAIN["news"]["forget_holdout_Min-40%"] = 0.4772
+# PrivLeak's reference per hub corpus: the AUC of MUSE's retrained Llama-2-7B, from MUSE's constants.py
+# (swj0419/muse_bench, commit fcd6651): AUC_RETRAIN["news"|"books"]["forget_holdout_Min-40%"] = 0.4772 | 0.5393.
+MUSE_AUC_RETRAIN = {"muse-bench/MUSE-News": 0.4772, "muse-bench/MUSE-Books": 0.5393}
 VERBMEM_TOKENS = 128
 KNOWMEM_TOKENS = 32
 
@@ -279,6 +282,19 @@ def privleak_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]
     PrivLeak ≈ −100; a retrained model gives AUC ≈ 0.5; over-unlearning pushes AUC toward 1 (PrivLeak > 0).
     """
     return auc(forget_scores, holdout_scores)
+
+
+def muse_auc_retrain(source: str | Path) -> float | None:
+    """MUSE's published AUC_retrain for a hub corpus (:data:`MUSE_AUC_RETRAIN`); None for local data, where
+    only a retrained model can give it."""
+    hub_id = _hub_id(str(source))
+    return None if hub_id is None else MUSE_AUC_RETRAIN[hub_id]
+
+
+NEEDS_RETRAIN = (
+    "PrivLeak on local data needs the retrained model's AUC: pass --retrain RETRAIN_MODEL (MUSE's published "
+    "constants hold only for --data news or books)"
+)
 
 
 def privleak(auc_unlearned: float, auc_retrain: float) -> float:
@@ -335,17 +351,24 @@ def mean_token_kl(
     model.eval()
     reference_model.eval()
     device, ref_device = model_device(model), model_device(reference_model)
-    total, count = 0.0, 0
-    for input_ids, attention, lengths in right_padded_batches(tokenizer, texts, batch_size, max_length, desc):
+
+    def kl_sums(input_ids: torch.Tensor, attention: torch.Tensor, lengths: list[int]) -> list[tuple[float, int]]:
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         ref_logits = reference_model(input_ids=input_ids.to(ref_device), attention_mask=attention.to(ref_device)).logits
         if logits.size(-1) != ref_logits.size(-1):
             raise ValueError(f"vocabularies differ: {logits.size(-1)} vs {ref_logits.size(-1)} logits")
+        out = []
         for row, n in enumerate(lengths):
             log_q = F.log_softmax(logits[row, : n - 1].float(), dim=-1)
             log_p = F.log_softmax(ref_logits[row, : n - 1].to(log_q.device).float(), dim=-1)
-            total += float((log_p.exp() * (log_p - log_q)).sum())
-            count += n - 1
+            out.append((float((log_p.exp() * (log_p - log_q)).sum()), n - 1))
+        return out
+
+    sums = map_right_padded(tokenizer, texts, batch_size, max_length, desc, kl_sums)
+    total, count = 0.0, 0
+    for kl, positions in sums:  # summed in text order, as one pass over the batches would
+        total += kl
+        count += positions
     if count == 0:
         raise ValueError("mean_token_kl needs texts with at least two tokens")
     return total / count
@@ -395,10 +418,13 @@ def evaluate_muse(
       tokens, :func:`cut_answer`, ROUGE-L F1 against ``answer``; mean × 100.
     - ``auc``: :func:`privleak_auc` of per-text Min-40% scores on privleak forget vs holdout.
     - ``privleak``: :func:`privleak` against AUC_retrain, taken, in order, from ``retrain_model`` (same
-      computation), ``retrain_auc``, or MUSE-News's published constant 0.4772
-      (``AUC_RETRAIN['news']['forget_holdout_Min-40%']``) - only right for MUSE-News with its models.
+      computation), ``retrain_auc``, or MUSE's published constant for the hub corpus ``data`` came from
+      (:func:`muse_auc_retrain`; right only for MUSE's own models). Local data with neither is refused
+      (``ConfigError``). ``auc_retrain_from`` says which: ``retrain model``, ``given`` or ``MUSE constant
+      for <hub id>``.
     - ``kl_to_retrain``: :func:`mean_token_kl` KL(p_retrain ‖ p_model) on the privleak forget texts
       (the forget-set documents); None without ``retrain_model``. Both models use ``tokenizer``.
+    - PrivLeak is None when the retrain AUC is 0 (it divides by it): a few texts separated perfectly.
     - ``retrain_model`` may be ``model`` itself (scoring the retrained model): its AUC is reused and the KL is 0.
 
     Metrics of empty splits are None. ``n`` counts the examples used.
@@ -412,18 +438,26 @@ def evaluate_muse(
     knowmem_f = _knowmem(model, tokenizer, data.knowmem_forget, data.knowmem_forget_icl, batch_size, "KnowMem_f")
     knowmem_r = _knowmem(model, tokenizer, data.knowmem_retain, data.knowmem_retain_icl, batch_size, "KnowMem_r")
 
-    auc_model = auc_retrain = leak = None
+    auc_model = auc_retrain = leak = auc_from = None
     if data.privleak_forget and data.privleak_holdout:
+        constant = muse_auc_retrain(data.source)
+        if retrain_model is None and retrain_auc is None and constant is None:
+            raise ConfigError(NEEDS_RETRAIN)
         auc_model = _privleak_auc(model, tokenizer, data, batch_size)
         if retrain_model is model:  # the retrained model scored against itself
-            auc_retrain = auc_model
+            auc_retrain, auc_from = auc_model, "retrain model"
         elif retrain_model is not None:
-            auc_retrain = _privleak_auc(retrain_model, tokenizer, data, batch_size)
+            auc_retrain, auc_from = _privleak_auc(retrain_model, tokenizer, data, batch_size), "retrain model"
         elif retrain_auc is not None:
-            auc_retrain = float(retrain_auc)
+            auc_retrain, auc_from = float(retrain_auc), "given"
         else:
-            auc_retrain = MUSE_NEWS_AUC_RETRAIN
-        leak = privleak(auc_model, auc_retrain)
+            auc_retrain, auc_from = constant, f"MUSE constant for {_hub_id(data.source)}"
+        if auc_retrain > 0:
+            leak = privleak(auc_model, auc_retrain)
+        else:  # a few texts that the retrain model happens to separate perfectly (quick runs): report n/a
+            print(
+                "[muse] PrivLeak is undefined: the retrain AUC is 0 on these texts; use more examples", file=sys.stderr
+            )
 
     kl = None
     forget_texts = [record["text"] for record in data.privleak_forget]
@@ -439,6 +473,7 @@ def evaluate_muse(
         "privleak": leak,
         "auc": auc_model,
         "auc_retrain": auc_retrain,
+        "auc_retrain_from": auc_from,
         "kl_to_retrain": kl,
         "n": {
             "verbmem": len(data.verbmem),

@@ -25,20 +25,21 @@ def _tokenized_sets(config: dict[str, Any], output_dir: str) -> dict[str, Any]:
     """{"forget": dataset, "retain": dataset} tokenized as in training."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
 
     from unilogit.stage.args import split_unlearning_args
     from unilogit.stage.data import load_split
+    from unilogit.stage.workflow import load_tokenizer_module
 
     keys = ("model_name_or_path", "template", "dataset_dir", "cutoff_len", "trust_remote_code")
     args = {k: config[k] for k in keys if k in config}
     args.update(stage="sft", dataset=config["dataset"], output_dir=output_dir, do_train=True, report_to="none")
     model_args, data_args, training_args, _, _ = get_train_args(args)
-    tokenizer_module = load_tokenizer(model_args)
+    unlearning_args = split_unlearning_args(dict(config))[0]
+    tokenizer_module = load_tokenizer_module(model_args, unlearning_args.tokenizer_name_or_path)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
     split_args = (template, model_args, data_args, training_args, tokenizer_module)
     sets = {"forget": load_split(data_args.dataset, "dataset", *split_args)["train_dataset"]}
-    retain_names = split_unlearning_args(dict(config))[0].retain_datasets
+    retain_names = unlearning_args.retain_datasets
     if retain_names:
         sets["retain"] = load_split(retain_names, "retain_dataset", *split_args)["train_dataset"]
     return sets
@@ -56,7 +57,7 @@ def _last_terms(run_dir: Path) -> dict[str, float]:
 def evaluate_run(run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``run_dir`` against its initial model; print the table and write ``report.json``."""
     from unilogit.evaluation.likelihood import dataset_nll
-    from unilogit.models import load_for_eval
+    from unilogit.models import load_model
 
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
@@ -68,12 +69,12 @@ def evaluate_run(run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]
 
     with tempfile.TemporaryDirectory() as scratch:
         sets = _tokenized_sets(config, scratch)
-    base = load_for_eval(config["model_name_or_path"])[0]
+    base = load_model(config["model_name_or_path"])
     rows: dict[str, dict[str, float]] = {}
     for name, dataset in sets.items():
         rows[name] = {"initial": dataset_nll(base, dataset, desc=f"{name} NLL, initial model")}
     del base
-    unlearned = load_for_eval(str(run_dir))[0]  # full output, or LoRA adapter merged onto its base
+    unlearned = load_model(str(run_dir))  # full output, or LoRA adapter merged onto its base
     for name, dataset in sets.items():
         rows[name]["unlearned"] = dataset_nll(unlearned, dataset, desc=f"{name} NLL, unlearned model")
 

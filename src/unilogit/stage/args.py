@@ -86,6 +86,13 @@ class UnlearningArguments:
             "p̃ the forget term's soft target (Unilogit paper, Fig. 5). Loads a second model; default none."
         },
     )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The tokenizer's folder, hub id or alias, for a model that ships none (muse-bench's Llama-2 "
+            "targets: meta-llama/Llama-2-7b-hf). Default: the model's own. The output folder carries it."
+        },
+    )
 
     def __post_init__(self) -> None:
         from unilogit.stage.methods import METHODS
@@ -115,6 +122,13 @@ class UnlearningArguments:
         _bounded("undial_gamma", self.undial_gamma, low=0.0, strict=False)
         if not isinstance(self.ref_offload, bool):
             raise ConfigError(f"ref_offload: {self.ref_offload!r} is not valid; use true or false")
+        if self.tokenizer_name_or_path is not None and (
+            not isinstance(self.tokenizer_name_or_path, str) or not self.tokenizer_name_or_path.strip()
+        ):
+            raise ConfigError(
+                f"tokenizer_name_or_path: {show(self.tokenizer_name_or_path)} is not valid; use a tokenizer folder or "
+                "hub id (e.g. meta-llama/Llama-2-7b-hf), or leave it unset"
+            )
         if self.soft_target_kl_model is not None:
             if not isinstance(self.soft_target_kl_model, str) or not self.soft_target_kl_model.strip():
                 raise ConfigError(

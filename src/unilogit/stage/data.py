@@ -66,7 +66,9 @@ def _check_json_file(path: Path, key: str, text_column: str | None) -> None:
         ) from None
     if text_column is None or not isinstance(records, list):
         return
-    blank = sum(1 for r in records if isinstance(r, dict) and not str(r.get(text_column) or "").strip())
+    # A record without the column at all is llamafactory's missing-column error, reported with its fix.
+    texts = [r[text_column] for r in records if isinstance(r, dict) and text_column in r]
+    blank = sum(1 for text in texts if not str(text or "").strip())
     if blank:
         raise ConfigError(
             f"{key}: {blank} of {len(records)} records in {path} have a blank {text_column!r}; remove or fill them"

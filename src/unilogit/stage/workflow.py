@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unilogit.stage.args import ConfigError, TrainingInterrupted
 
@@ -28,15 +29,16 @@ def run_unlearn(
     from llamafactory.data import SFTDataCollatorWith4DAttentionMask, get_template_and_fix_tokenizer
     from llamafactory.extras.constants import IGNORE_INDEX
     from llamafactory.extras.ploting import plot_loss
-    from llamafactory.model import load_model, load_tokenizer
-    from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
+    from llamafactory.model import load_model
+    from llamafactory.train.trainer_utils import create_modelcard_and_push
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    from unilogit.models import loading
     from unilogit.stage.callbacks import StopOnSignal
     from unilogit.stage.data import PairedCollator, PairedDataset, count_supervised, load_split
     from unilogit.stage.trainer import UnlearningTrainer
 
-    tokenizer_module = load_tokenizer(model_args)
+    tokenizer_module = load_tokenizer_module(model_args, unlearning_args.tokenizer_name_or_path)
     tokenizer = tokenizer_module["tokenizer"]
     known = set(tokenizer.get_vocab())
     try:
@@ -67,7 +69,8 @@ def run_unlearn(
             "dataset: the forget set has no supervised tokens after templating and truncation; "
             f"raise cutoff_len (now {data_args.cutoff_len}) or check the dataset's response column"
         )
-    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    with loading("model", model_args.model_name_or_path):
+        model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
     needs_reference = unlearning_args.method.needs_forget_reference(unlearning_args) or (
         unlearning_args.retain_loss == "kl"
@@ -84,9 +87,9 @@ def run_unlearn(
             "ref_offload has no effect: this run keeps no reference copy (LoRA disables the adapter instead, "
             "or no term needs the reference)"
         )
-    # Under LoRA create_ref_model returns None and the trainer disables the adapter instead: no copy.
+    # Under LoRA there is no reference copy: the trainer disables the adapter instead.
     # Methods whose terms need no reference (GA, SimNPO, Unilogit with retain_loss nll) load none.
-    ref_model = create_ref_model(model_args, finetuning_args) if needs_reference else None
+    ref_model = create_reference_model(tokenizer, model_args, finetuning_args) if needs_reference else None
     if ref_model is not None and not training_args.deepspeed and model_args.quantization_bit is None:
         # llamafactory loads the checkpoint's own dtype (often fp32); the frozen reference only runs
         # forward passes, so it is kept in the compute dtype (DeepSpeed casts it itself).
@@ -152,17 +155,59 @@ def run_unlearn(
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
 
 
+def load_tokenizer_module(model_args: ModelArguments, tokenizer_name_or_path: str | None) -> dict[str, Any]:
+    """llamafactory's tokenizer module (tokenizer and processor) for the model, from ``tokenizer_name_or_path``
+    when set, else from where :func:`unilogit.models.tokenizer_source` finds the model's own (a model folder
+    with no tokenizer files fails in one line)."""
+    from llamafactory.model import load_tokenizer
+
+    from unilogit.models import loading, tokenizer_source
+
+    source = tokenizer_source(model_args.model_name_or_path, tokenizer_name_or_path, key="tokenizer_name_or_path")
+    if source == model_args.model_name_or_path:
+        with loading("tokenizer", source):
+            return load_tokenizer(model_args)
+    # llamafactory loads the tokenizer from model_name_or_path: point a copy of the arguments at the tokenizer.
+    tokenizer_args = copy.copy(model_args)
+    tokenizer_args.model_name_or_path = source
+    tokenizer_args.model_revision = "main"  # the model's revision names a commit of another repository
+    with loading("tokenizer", source):
+        module = load_tokenizer(tokenizer_args)
+    model_args.resize_vocab = tokenizer_args.resize_vocab  # add_tokens may have turned it on, for the model
+    return module
+
+
+def create_reference_model(
+    tokenizer: Any, model_args: ModelArguments, finetuning_args: FinetuningArguments
+) -> torch.nn.Module | None:
+    """llamafactory's ``create_ref_model`` with the tokenizer already loaded: the frozen initial model for full
+    or freeze tuning, None under LoRA (the trainer disables the adapter instead: no copy). llamafactory's own
+    would load a tokenizer from the model folder, which may have none (``tokenizer_name_or_path``)."""
+    from llamafactory.hparams import FinetuningArguments
+    from llamafactory.hparams import ModelArguments as Arguments
+    from llamafactory.model import load_model
+    from llamafactory.train.trainer_utils import create_ref_model
+
+    from unilogit.models import loading
+
+    if finetuning_args.ref_model is not None or finetuning_args.finetuning_type == "lora":
+        return create_ref_model(model_args, finetuning_args)
+    with loading("model", model_args.model_name_or_path):
+        return load_model(tokenizer, Arguments.copyfrom(model_args), FinetuningArguments(), is_trainable=False)
+
+
 def load_soft_target_model(name: str, model: torch.nn.Module, model_args: ModelArguments,
                            training_args: Seq2SeqTrainingArguments) -> torch.nn.Module:  # fmt: skip
     """The retrained model of ``soft_target_kl_model``, loaded once: frozen, in eval mode, in the compute dtype,
-    on the training device. A LoRA output folder is merged onto its base, as the evaluators load it."""
+    on the training device. A LoRA output folder is merged onto its base, as the evaluators load it; no tokenizer
+    is loaded (the retrained model's may be missing, as muse-bench's are)."""
     import torch
 
-    from unilogit.models import load_for_eval
+    from unilogit.models import load_model
 
     dtypes = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
     try:
-        retrain, _ = load_for_eval(name, dtypes.get(model_args.compute_dtype, "float32"))
+        retrain = load_model(name, dtypes.get(model_args.compute_dtype, "float32"), place=False)
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
