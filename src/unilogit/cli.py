@@ -2,8 +2,9 @@
 
 ``unilogit train x.yaml [key=value ...]`` runs the unlearn workflow when ``stage: unlearn`` and hands
 every other stage to llamafactory. Like llamafactory, it relaunches itself under torchrun when
-``FORCE_TORCHRUN`` is set or more than one accelerator is visible. Commands it doesn't own (chat,
-export, api, webchat, env) go to llamafactory's launcher unchanged.
+``FORCE_TORCHRUN`` is set or more than one accelerator is visible; with ``deepspeed:`` and no GPU, DeepSpeed
+runs on its CPU accelerator over gloo. Commands it doesn't own (chat, export, api, webchat, env) go to
+llamafactory's launcher unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,9 @@ commands:
   sweep SWEEP.yaml [--jobs N] [--quick] hyperparameter sweep, resumable, N points at once; writes sweep.csv/.md
   report SWEEP_DIR                    Pareto plots, KL figure and best point per method of a sweep (has sweep.json)
   eval muse --model M [--retrain R]   MUSE metrics (VerbMem, KnowMem, PrivLeak, KL to retrain); --help for more
-  muse prepare [key=value ...]        train (or reuse from the cache) the MUSE target and retrain models
+  muse prepare [--data FOLDER] [key=value ...]
+                                      train (or reuse from the cache) the MUSE target and retrain models
+  muse datasets FOLDER                register a local MUSE folder's raw/forget and raw/retain1 for unlearning
   muse table RESULTS.json ...         merge `eval muse` results into one table
   eval rwku --model M [--targets 1-8] RWKU metrics per target (forget/neighbor probes, MIA, utility); --help
   rwku run CONFIG.yaml --output DIR   RWKU's target-wise loop: unlearn each target from the original model, evaluate
@@ -197,7 +202,8 @@ def _check_keys(config: dict[str, Any]) -> None:
 
 
 def _check_deepspeed(config: dict[str, Any]) -> None:
-    """DeepSpeed needs its package and an accelerator; without either, say so before anything loads."""
+    """DeepSpeed needs its package; with no GPU visible it runs on its CPU accelerator over gloo, and the
+    settings that need a GPU are refused here, before anything loads."""
     import importlib.util
 
     from llamafactory.extras.misc import get_device_count
@@ -206,11 +212,74 @@ def _check_deepspeed(config: dict[str, Any]) -> None:
         return
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
-            "deepspeed: the deepspeed package is not installed; pip install deepspeed, or remove deepspeed: "
-            "to train without it"
+            "deepspeed: the deepspeed package is not installed; run bash scripts/setup_env.sh (or pip install "
+            "deepspeed), or remove deepspeed: to train without it"
         )
-    if get_device_count() == 0:
-        raise ConfigError("deepspeed: DeepSpeed needs a GPU and none is visible; remove deepspeed: to train on the CPU")
+    if get_device_count() > 0:
+        return
+    backend = config.get("ddp_backend")
+    if backend not in (None, "gloo"):
+        raise ConfigError(
+            f"ddp_backend: {backend} needs a GPU and none is visible; DeepSpeed on the CPU runs over gloo, "
+            "so remove ddp_backend (or set it to gloo)"
+        )
+    if config.get("fp16") and not _cpu_has_fp16():
+        raise ConfigError("fp16: this CPU has no fp16 kernels for DeepSpeed to train with; use bf16: true or neither")
+    if config.get("quantization_bit") is not None:
+        raise ConfigError(
+            "quantization_bit: quantized training needs a GPU and none is visible; remove quantization_bit"
+        )
+
+
+def _cpu_has_fp16() -> bool:
+    """DeepSpeed's own test on its CPU accelerator (``is_fp16_supported``): oneDNN's fp16 kernels."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+@contextmanager
+def _deepspeed_session(config: dict[str, Any]) -> Iterator[None]:
+    """What a run with ``deepspeed:`` needs around it; nothing without it.
+
+    DeepSpeed compiles its ops on first use (setup_env.sh installs it with none built); they go to the
+    virtual environment's ``torch_extensions`` folder, not the per-user cache, where two environments would
+    rebuild each other's, or race. With no GPU: DeepSpeed's process group over gloo, started before the model
+    loads and ended (with the environment it set) when the run ends or fails. ZeRO-3's ``zero.Init``
+    partitions the weights as they load and must see the world size then; left to itself, accelerate would
+    start the group later, and with nccl. One process not launched by torchrun gets the environment of a
+    torchrun worker of one.
+    """
+    from datetime import timedelta
+
+    from llamafactory.extras.misc import find_available_port, get_device_count
+
+    if not config.get("deepspeed"):
+        yield
+        return
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    if get_device_count() > 0:
+        yield
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    worker = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    added = {} if "LOCAL_RANK" in os.environ else {k: v for k, v in worker.items() if k not in os.environ}
+    if added and "MASTER_PORT" not in os.environ:
+        added["MASTER_PORT"] = str(find_available_port())
+    os.environ.update(added)
+    try:
+        deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=int(config.get("ddp_timeout", 1800))))
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for key in added:
+            del os.environ[key]
 
 
 def needs_torchrun() -> bool:
@@ -242,7 +311,8 @@ def _relaunch_under_torchrun(argv: list[str]) -> None:
 
 def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with a model alias resolved to its folder (a missing local path is refused) and
-    ``use_cpu`` set on a machine without an accelerator, as ``unilogit train`` runs it."""
+    ``use_cpu`` (and, under DeepSpeed, ``ddp_backend: gloo``) set on a machine without an accelerator, as
+    ``unilogit train`` runs it."""
     from llamafactory.extras.misc import get_device_count
 
     from unilogit.models import resolve_model
@@ -250,9 +320,12 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     config = dict(config)
     if isinstance(config.get("model_name_or_path"), str):  # anything else is refused by the type check
         config["model_name_or_path"] = resolve_model(config["model_name_or_path"])
-    if "use_cpu" not in config and get_device_count() == 0:
-        # transformers refuses bf16 without an accelerator unless use_cpu is set; a laptop should just run.
-        config["use_cpu"] = True
+    if get_device_count() == 0:
+        if "use_cpu" not in config:
+            # transformers refuses bf16 without an accelerator unless use_cpu is set; a laptop should just run.
+            config["use_cpu"] = True
+        if config.get("deepspeed") and "ddp_backend" not in config:
+            config["ddp_backend"] = "gloo"  # DeepSpeed's CPU accelerator talks over gloo (nccl needs GPUs)
     return config
 
 
@@ -266,16 +339,18 @@ def train(argv: list[str]) -> None:
         return
     config = load_config(argv)
     _check_keys(config)
+    _check_deepspeed(config)  # before torchrun, so that a refusal is one line and not one per worker
     if needs_torchrun():
         _relaunch_under_torchrun(argv)
 
     config = resolve_config(config)
-    if config.get("stage", "sft") != "unlearn":
-        from llamafactory.train.tuner import run_exp
+    with _deepspeed_session(config):
+        if config.get("stage", "sft") != "unlearn":
+            from llamafactory.train.tuner import run_exp
 
-        run_exp(config)
-        return
-    run_unlearn_from_config(config)
+            run_exp(config)
+        else:
+            run_unlearn_from_config(config)
 
 
 def _first_line(err: BaseException) -> str:
