@@ -2,52 +2,87 @@
 #
 # Environment variables (all optional):
 #   MUSE_DATA      mini (default: the embedded data/muse_mini) | news | books (the hub's MUSE-News/-Books)
-#   TARGET_MODEL   use this target instead of preparing one (default for news/books: muse-bench's released
-#   RETRAIN_MODEL  target and retrain models); for mini both are trained once and cached (`unilogit muse prepare`)
-#   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN)
-#   DEEPSPEED      0 (default) | z3 (or 1) | z3_offload | z2: DeepSpeed with examples/deepspeed/ds_<value>_config.json
-#                  (GPU machines; z3_offload also keeps parameters and optimizer state on the CPU)
+#                  | a local MUSE-format folder (raw/, verbmem/, knowmem/, privleak/ as `export_muse` writes)
+#   RECIPE         mini (examples/muse) | news | books (examples/paper/muse_<recipe>); default: mini for mini,
+#                  news/books for news/books, and for a folder news when TARGET_MODEL is given, else mini
+#   TARGET_MODEL   use these target and retrain models (default for news/books: muse-bench's released ones); for
+#   RETRAIN_MODEL  mini and a folder without them, both are trained from its raw/ splits once and cached
+#                  (`unilogit muse prepare [--data FOLDER]`)
+#   TOKENIZER      the tokenizer folder or hub id for models that ship none, for evaluation and unlearning
+#                  (default for news/books: meta-llama/Llama-2-7b-hf, as MUSE)
+#   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN); the
+#                  per-device batch and accumulation are set so the recipe's effective batch stays the same
+#   DEEPSPEED      unset: the recipe's (ZeRO-3 for news/books, none for mini) | 0 (none) | z3 (or 1) | z3_offload
+#                  | z2: DeepSpeed with examples/deepspeed/ds_<value>_config.json (GPUs, or the CPU over gloo;
+#                  z3_offload also keeps parameters and optimizer state on the CPU)
 #   REF_OFFLOAD    1: full fine-tuning without DeepSpeed keeps the frozen reference model on the CPU between uses
-#   BF16           false (default) | true: bf16 mixed precision (GPUs, or CPUs with avx512_bf16) for unlearning and preparation
+#   BF16           true | false: bf16 mixed precision for unlearning and preparation (default: true for
+#                  news/books when a GPU is visible, else false; CPUs with avx512_bf16 can run it too)
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 MUSE_DATA="${MUSE_DATA:-mini}"
+TRAIN_ARGS=()
 
 case "$MUSE_DATA" in
-  mini)  EVAL_DATA=data/muse_mini; FORGET=muse_mini_forget; RETAIN=muse_mini_retain ;;
-  news)  EVAL_DATA=news; FORGET=muse_news_forget; RETAIN=muse_news_retain
-         TARGET_MODEL="${TARGET_MODEL:-muse-bench/MUSE-news_target}"
-         RETRAIN_MODEL="${RETRAIN_MODEL:-muse-bench/MUSE-news_retrain}" ;;
-  books) EVAL_DATA=books; FORGET=muse_books_forget; RETAIN=muse_books_retain
-         TARGET_MODEL="${TARGET_MODEL:-muse-bench/MUSE-books_target}"
-         RETRAIN_MODEL="${RETRAIN_MODEL:-muse-bench/MUSE-books_retrain}" ;;
-  *) echo "muse: error: MUSE_DATA=$MUSE_DATA; use mini, news or books" >&2; exit 2 ;;
+  mini)  EVAL_DATA=data/muse_mini; DATA_TAG=mini; RECIPE="${RECIPE:-mini}"
+         TRAIN_ARGS+=(dataset=muse_mini_forget retain_dataset=muse_mini_retain) ;;
+  news|books)
+         EVAL_DATA="$MUSE_DATA"; DATA_TAG="$MUSE_DATA"; RECIPE="${RECIPE:-$MUSE_DATA}"
+         TRAIN_ARGS+=(dataset="muse_${MUSE_DATA}_forget" retain_dataset="muse_${MUSE_DATA}_retain")
+         TARGET_MODEL="${TARGET_MODEL:-muse-bench/MUSE-${MUSE_DATA}_target}"
+         RETRAIN_MODEL="${RETRAIN_MODEL:-muse-bench/MUSE-${MUSE_DATA}_retrain}"
+         TOKENIZER="${TOKENIZER:-meta-llama/Llama-2-7b-hf}" ;;
+  *)     [[ -d "$MUSE_DATA" ]] || die muse "MUSE_DATA=$MUSE_DATA; use mini, news, books or a local MUSE-format folder"
+         EVAL_DATA="$(cd "$MUSE_DATA" && pwd)"; DATA_TAG="$(basename "$EVAL_DATA")"
+         RECIPE="${RECIPE:-$([[ -n "${TARGET_MODEL:-}" ]] && echo news || echo mini)}"
+         # The folder's raw/forget.json and raw/retain1.json, registered as llamafactory datasets (checked here).
+         registered="$("$CLI" muse datasets "$EVAL_DATA")"
+         TRAIN_ARGS+=(dataset_dir="$(sed -n 's/^dataset_dir=//p' <<<"$registered")"
+                      dataset="$(sed -n 's/^forget=//p' <<<"$registered")"
+                      retain_dataset="$(sed -n 's/^retain=//p' <<<"$registered")") ;;
 esac
+case "$RECIPE" in
+  mini) RECIPE_DIR=examples/muse; default_bf16 mini ;;
+  news|books) RECIPE_DIR="examples/paper/muse_$RECIPE"; default_bf16 paper ;;
+  *) die muse "RECIPE=$RECIPE; use mini, news or books" ;;
+esac
+if [[ -n "${TARGET_MODEL:-}" && -z "${RETRAIN_MODEL:-}" || -z "${TARGET_MODEL:-}" && -n "${RETRAIN_MODEL:-}" ]]; then
+  die muse "give both TARGET_MODEL and RETRAIN_MODEL, or neither (then both are prepared from the data)"
+fi
 EVAL_ARGS=(--data "$EVAL_DATA")
 [[ -n "${MAX_EXAMPLES:-}" ]] && EVAL_ARGS+=(--max-examples "$MAX_EXAMPLES")
-TRAIN_ARGS=(dataset="$FORGET" retain_dataset="$RETAIN" bf16="$BF16")
+[[ -n "${TOKENIZER:-}" ]] && EVAL_ARGS+=(--tokenizer "$TOKENIZER")
+TRAIN_ARGS+=(bf16="$BF16")
+[[ -n "${TOKENIZER:-}" ]] && TRAIN_ARGS+=(tokenizer_name_or_path="$TOKENIZER")
 add_scale_switches muse
 
-# Sets TARGET and RETRAIN: the given models, or the cached mini-benchmark ones (trained when missing).
+# Sets TARGET and RETRAIN: the given models, or the cached ones trained on the data's raw/ splits (when missing).
 muse_prepare() {
-  if [[ -n "${TARGET_MODEL:-}" && -n "${RETRAIN_MODEL:-}" ]]; then
+  if [[ -n "${TARGET_MODEL:-}" ]]; then
     TARGET="$TARGET_MODEL"; RETRAIN="$RETRAIN_MODEL"; return
   fi
-  local out
-  out="$("$CLI" muse prepare bf16="$BF16")"
+  local out data=()
+  [[ "$MUSE_DATA" != mini ]] && data=(--data "$EVAL_DATA")
+  out="$("$CLI" muse prepare "${data[@]}" bf16="$BF16")"
   TARGET="$(sed -n 's/^target=//p' <<<"$out")"
   RETRAIN="$(sed -n 's/^retrain=//p' <<<"$out")"
 }
 
-# Cached evaluations are keyed by the evaluator's code and the local data's bytes as well as the data
-# name, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale cache.
-EVAL_KEY="$(cat src/unilogit/evaluation/muse.py src/unilogit/evaluation/common.py $([[ -d "$EVAL_DATA" ]] && find "$EVAL_DATA" -type f | sort) \
-  | sha256sum | cut -c1-12)"
+# Cached evaluations are keyed by the evaluator's code, the local data's bytes, the retrain model (PrivLeak and
+# the KL are relative to it; a local one by its files' names, sizes and times) and the tokenizer, so none of
+# them changes without a fresh evaluation.
+eval_key() {
+  { cat src/unilogit/evaluation/muse.py src/unilogit/evaluation/common.py
+    if [[ -d "$EVAL_DATA" ]]; then find "$EVAL_DATA" -type f | sort | xargs cat; fi
+    if [[ -d "$RETRAIN" ]]; then find "$RETRAIN" -maxdepth 1 -type f -printf '%f %s %T@\n' | sort; fi
+    echo "retrain=$RETRAIN tokenizer=${TOKENIZER:-}"
+  } | sha256sum | cut -c1-12
+}
 
-# Where the evaluation of model $1 (named $2) is kept: beside a local model, else under saves/muse/evals.
+# Where the evaluation of model $1 is kept: beside a local model, else under saves/muse/evals.
 eval_dir() {
-  local tag="$MUSE_DATA${MAX_EXAMPLES:+-n$MAX_EXAMPLES}-$EVAL_KEY"
+  local tag; tag="$DATA_TAG${MAX_EXAMPLES:+-n$MAX_EXAMPLES}-$(eval_key)"
   if [[ -d "$1" ]]; then echo "$1/muse_eval-$tag"; else echo "saves/muse/evals/${1//\//__}-$tag"; fi
 }
 
@@ -60,19 +95,20 @@ muse_eval_cached() {
   echo "$dir/muse_results.json"
 }
 
-# Unlearns the target with examples/muse/$1.yaml (extra key=value arguments override it), evaluates,
-# and prints the table of target, retrain and this run.
+# Unlearns the target with $RECIPE_DIR/$1.yaml (extra key=value arguments override it), evaluates, and prints
+# the table of target, retrain and this run.
 muse_run() {
   local method="$1"; shift
+  RUN_DIR="${RUN_DIR:-saves/muse/$method-$DATA_TAG-$(date +%Y%m%d-%H%M%S)}"
+  [[ -e "$RUN_DIR" ]] && die muse "$RUN_DIR exists; choose another RUN_DIR (results are never overwritten)"
+  local batch; batch="$(effective_batch_args muse "$RECIPE_DIR/$method.yaml")"
+  local -a batch_args; read -ra batch_args <<<"$batch"
   muse_prepare
   local target_json retrain_json
   target_json="$(muse_eval_cached "$TARGET" target)"
   retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
-  RUN_DIR="${RUN_DIR:-saves/muse/$method-$MUSE_DATA-$(date +%Y%m%d-%H%M%S)}"
-  if [[ -e "$RUN_DIR" ]]; then
-    echo "muse: error: $RUN_DIR exists; choose another RUN_DIR (results are never overwritten)" >&2; exit 2
-  fi
-  "$CLI" train "examples/muse/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${TRAIN_ARGS[@]}" "$@"
+  "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
+    "${TRAIN_ARGS[@]}" "$@"
   "$CLI" eval muse --model "$RUN_DIR" --retrain "$RETRAIN" --name "$method" --output "$RUN_DIR/muse_eval" \
     "${EVAL_ARGS[@]}" >&2
   "$CLI" muse table "$target_json" "$retrain_json" "$RUN_DIR/muse_eval/muse_results.json"

@@ -3,13 +3,13 @@
 # .md (refused if they exist). Environment: see rwku_common.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/rwku_common.sh"
 STAMP="$(date +%Y%m%d-%H%M%S)"
-SAVE="docs/results/rwku-$RWKU_DATA.json"
-[[ -e "$SAVE" ]] && { echo "rwku: error: $SAVE exists; move it away first" >&2; exit 2; }
+SAVE="docs/results/rwku-$DATA_TAG.json"
+[[ -e "$SAVE" ]] && die rwku "$SAVE exists; move it away first"
 results=()
-for method in ga npo undial unilogit; do
-  RUN_DIR="saves/rwku/$method-$RWKU_DATA-$STAMP" bash "scripts/custom/run_${method}_rwku.sh" >&2
-  results+=("saves/rwku/$method-$RWKU_DATA-$STAMP/rwku_results.json")
+for method in ga npo simnpo undial unilogit; do
+  RUN_DIR="saves/rwku/$method-$DATA_TAG-$STAMP" bash "scripts/custom/run_${method}_rwku.sh" >&2
+  results+=("saves/rwku/$method-$DATA_TAG-$STAMP/rwku_results.json")
 done
 mkdir -p docs/results
 "$CLI" rwku table "$(rwku_before)" "${results[@]}" \
-  --save "$SAVE" --note "Produced by \`RWKU_DATA=$RWKU_DATA bash scripts/custom/run_all_rwku.sh\` (seed 42, defaults)."
+  --save "$SAVE" --note "Produced by \`RWKU_DATA=$RWKU_DATA RECIPE=$RECIPE bash scripts/custom/run_all_rwku.sh\` (seed 42, defaults)."

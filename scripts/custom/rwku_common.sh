@@ -2,59 +2,78 @@
 #
 # Environment variables (all optional):
 #   RWKU_DATA      mini (default: the embedded data/rwku_mini) | hub (jinzhuoran/RWKU) | a local RWKU folder
+#   RECIPE         mini (examples/rwku) | paper (examples/paper/rwku: RWKU's settings); default: mini for mini,
+#                  paper for the hub and a local folder
 #   TARGETS        1-based target range, e.g. 1-8, 3 or 1-3,7 (default: every target; RWKU's paper: 1-100)
-#   MODEL          the original model (default: the embedded smollm2-135m-instruct; RWKU: Llama-3-8B-Instruct)
+#   MODEL          the original model (default: the embedded smollm2-135m-instruct for mini, RWKU's
+#                  meta-llama/Meta-Llama-3-8B-Instruct for paper; e.g. meta-llama/Llama-3.1-8B-Instruct)
+#   TOKENIZER      the tokenizer folder or hub id for a model that ships none, for evaluation and unlearning
 #   BATCH          1: the batch-target setting, all TARGETS unlearned at once (default 0: one at a time)
-#   CORPUS         the forget corpus config (default: train_positive_smollm2 for mini, train_positive_llama3 on the hub)
-#   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN)
-#   DEEPSPEED      0 (default) | z3 (or 1) | z3_offload | z2: DeepSpeed with examples/deepspeed/ds_<value>_config.json
+#   CORPUS         the forget corpus config (default: train_positive_smollm2 in a folder that holds it, else
+#                  train_positive_llama3, RWKU's)
+#   RETAIN_CORPUS  a train_* config of general text to use as the retain set (the paper recipe has none by
+#                  default, as RWKU; the mini recipe uses train_retain_smollm2)
+#   RETAIN_LOSS    the retain term with RETAIN_CORPUS: none | nll | kl (default: the recipe's, else kl for
+#                  unilogit and nll for the others)
+#   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN); the
+#                  per-device batch and accumulation are set so the recipe's effective batch stays the same
+#   DEEPSPEED      unset: the recipe's (ZeRO-3 for paper, none for mini) | 0 (none) | z3 (or 1) | z3_offload | z2:
+#                  DeepSpeed with examples/deepspeed/ds_<value>_config.json (GPUs, or the CPU over gloo)
 #   REF_OFFLOAD    1: full fine-tuning without DeepSpeed keeps the frozen reference model on the CPU between uses
-#   BF16           false (default) | true: bf16 mixed precision (GPUs, or CPUs with avx512_bf16)
+#   BF16           true | false: bf16 mixed precision (default: true for paper when a GPU is visible, else false)
 #   MAX_EXAMPLES   cap every evaluation set (quick runs)
 #   RUN_DIR        the run folder (default saves/rwku/<method>-<data>-<time>; never reused)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RWKU_DATA="${RWKU_DATA:-mini}"
-MODEL="${MODEL:-smollm2-135m-instruct}"
 case "$RWKU_DATA" in
-  mini) EVAL_DATA=data/rwku_mini ;;
-  hub)  EVAL_DATA=rwku ;;
-  *)    [[ -d "$RWKU_DATA" ]] || { echo "rwku: error: RWKU_DATA=$RWKU_DATA; use mini, hub or a local RWKU folder" >&2; exit 2; }
-        EVAL_DATA="$RWKU_DATA" ;;
+  mini) EVAL_DATA=data/rwku_mini; DATA_TAG=mini; RECIPE="${RECIPE:-mini}" ;;
+  hub)  EVAL_DATA=rwku; DATA_TAG=hub; RECIPE="${RECIPE:-paper}" ;;
+  *)    [[ -d "$RWKU_DATA" ]] || die rwku "RWKU_DATA=$RWKU_DATA; use mini, hub or a local RWKU folder"
+        EVAL_DATA="$(cd "$RWKU_DATA" && pwd)"; DATA_TAG="$(basename "$EVAL_DATA")"; RECIPE="${RECIPE:-paper}" ;;
+esac
+case "$RECIPE" in
+  mini)  RECIPE_DIR=examples/rwku; MODEL="${MODEL:-smollm2-135m-instruct}"; default_bf16 mini ;;
+  paper) RECIPE_DIR=examples/paper/rwku; MODEL="${MODEL:-meta-llama/Meta-Llama-3-8B-Instruct}"; default_bf16 paper ;;
+  *)     die rwku "RECIPE=$RECIPE; use mini or paper" ;;
 esac
 DATA_ARGS=(--data "$EVAL_DATA")
 [[ -n "${TARGETS:-}" ]] && DATA_ARGS+=(--targets "$TARGETS")
 [[ -n "${MAX_EXAMPLES:-}" ]] && DATA_ARGS+=(--max-examples "$MAX_EXAMPLES")
+[[ -n "${TOKENIZER:-}" ]] && DATA_ARGS+=(--tokenizer "$TOKENIZER")
 RUN_ARGS=(--model "$MODEL")
 [[ "${BATCH:-0}" == 1 ]] && RUN_ARGS+=(--batch)
 [[ -n "${CORPUS:-}" ]] && RUN_ARGS+=(--corpus "$CORPUS")
+[[ -n "${RETAIN_CORPUS:-}" ]] && RUN_ARGS+=(--retain-corpus "$RETAIN_CORPUS")
 TRAIN_ARGS=(bf16="$BF16")
-add_scale_switches rwku
+[[ -n "${RETAIN_LOSS:-}" ]] && TRAIN_ARGS+=(retain_loss="$RETAIN_LOSS")
+add_scale_switches rwku  # `rwku run` passes --tokenizer (in DATA_ARGS) on to training itself
 
-# Cached "before" evaluations are keyed by the evaluator's code, the local data's bytes, the model and the
-# target range, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale cache.
+# Cached "before" evaluations are keyed by the evaluator's code, the local data's bytes, the model, the tokenizer
+# and the target range, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale
+# cache.
 EVAL_KEY="$( { cat src/unilogit/evaluation/rwku.py src/unilogit/evaluation/common.py
-  [[ -d "$EVAL_DATA" ]] && find "$EVAL_DATA" -type f | sort | xargs cat
-  echo "$MODEL ${TARGETS:-all} ${MAX_EXAMPLES:-}"; } | sha256sum | cut -c1-12)"
+  if [[ -d "$EVAL_DATA" ]]; then find "$EVAL_DATA" -type f | sort | xargs cat; fi
+  echo "$MODEL ${TOKENIZER:-} ${TARGETS:-all} ${MAX_EXAMPLES:-}"; } | sha256sum | cut -c1-12)"
 
 # Evaluates the original model on the chosen targets unless cached; prints its results file.
 rwku_before() {
-  local dir="saves/rwku/evals/before-$RWKU_DATA-$EVAL_KEY"
+  local dir="saves/rwku/evals/before-$DATA_TAG-$EVAL_KEY"
   if [[ ! -f "$dir/rwku_results.json" ]]; then
     "$CLI" eval rwku --model "$MODEL" --name before --output "$dir" "${DATA_ARGS[@]}" >&2
   fi
   echo "$dir/rwku_results.json"
 }
 
-# Runs RWKU's target-wise loop with examples/rwku/$1.yaml (extra key=value arguments override it) and prints
-# the table of the original model and this run.
+# Runs RWKU's target-wise loop with $RECIPE_DIR/$1.yaml (extra key=value arguments override it) and prints the
+# table of the original model and this run.
 rwku_run() {
   local method="$1"; shift
+  RUN_DIR="${RUN_DIR:-saves/rwku/$method-$DATA_TAG-$(date +%Y%m%d-%H%M%S)}"
+  [[ -e "$RUN_DIR" ]] && die rwku "$RUN_DIR exists; choose another RUN_DIR (results are never overwritten)"
+  local batch; batch="$(effective_batch_args rwku "$RECIPE_DIR/$method.yaml")"
+  local -a batch_args; read -ra batch_args <<<"$batch"
   local before; before="$(rwku_before)"
-  RUN_DIR="${RUN_DIR:-saves/rwku/$method-$RWKU_DATA-$(date +%Y%m%d-%H%M%S)}"
-  if [[ -e "$RUN_DIR" ]]; then
-    echo "rwku: error: $RUN_DIR exists; choose another RUN_DIR (results are never overwritten)" >&2; exit 2
-  fi
-  "$CLI" rwku run "examples/rwku/$method.yaml" --output "$RUN_DIR" --name "$method" "${RUN_ARGS[@]}" \
-    "${DATA_ARGS[@]}" "${TRAIN_ARGS[@]}" "$@" >&2
+  "$CLI" rwku run "$RECIPE_DIR/$method.yaml" --output "$RUN_DIR" --name "$method" "${RUN_ARGS[@]}" \
+    "${DATA_ARGS[@]}" "${TRAIN_ARGS[@]}" "${batch_args[@]}" "$@" >&2
   "$CLI" rwku table "$before" "$RUN_DIR/rwku_results.json"
 }

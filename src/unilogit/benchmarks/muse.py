@@ -1,54 +1,117 @@
-"""The MUSE benchmark commands: ``unilogit muse prepare`` and ``unilogit eval muse``.
+"""The MUSE benchmark commands: ``unilogit muse prepare``, ``muse datasets`` and ``unilogit eval muse``.
 
 ``prepare`` trains (or reuses from the cache) the target model (forget + retain1) and the retrained
-gold model (retain1 only) with llamafactory's ``pt`` stage. ``eval muse`` scores any model on a
-MUSE-schema dataset (the embedded mini benchmark, a local export, or the hub) and writes a JSON file
-and a Markdown table.
+gold model (retain1 only) with llamafactory's ``pt`` stage, on the embedded mini corpus or on a local
+MUSE-format folder's ``raw/`` splits (``--data``). ``datasets`` registers such a folder's forget and
+retain1 texts as llamafactory datasets, for unlearning. ``eval muse`` scores any model on a MUSE-schema
+dataset (the embedded mini benchmark, a local export, or the hub) and writes a JSON file and a Markdown
+table.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.benchmarks.commands import ROOT, CommandParser, data_path, merge_tables, positive_int
+from unilogit.benchmarks.commands import ROOT, CommandParser, add_model_args, data_path, merge_tables, positive_int
 from unilogit.stage.args import ConfigError
 
 DEFAULT_DATA = "data/muse_mini"
 PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
 RESULTS_JSON, RESULTS_MD = "muse_results.json", "muse_results.md"
+# The names under which a local folder's raw/forget.json and raw/retain1.json are registered.
+LOCAL_FORGET, LOCAL_RETAIN = "muse_local_forget", "muse_local_retain"
+
+
+def register_local(folder: str | Path) -> Path:
+    """Register ``folder``'s ``raw/forget.json`` and ``raw/retain1.json`` (MUSE's unlearning splits, records
+    with a ``text`` field) as the llamafactory datasets :data:`LOCAL_FORGET` and :data:`LOCAL_RETAIN`.
+
+    Writes a ``dataset_info.json`` that names the files by absolute path (llamafactory joins ``dataset_dir``
+    and ``file_name``, and an absolute ``file_name`` wins) in a folder under ``saves/muse/datasets/`` keyed
+    by the folder's path, and returns that folder, the ``dataset_dir`` to train with.
+    """
+    from unilogit.evaluation.muse import load_muse_split
+    from unilogit.io import atomic_write_text
+
+    source = Path(folder).resolve()
+    if not source.is_dir():
+        raise ConfigError(f"--data: {folder} is not a folder; give a local MUSE-format folder (see export_muse)")
+    for split in ("forget", "retain1"):
+        load_muse_split(source, "raw", split)  # a missing file or a record without "text" fails in one line here
+    info = {
+        name: {"file_name": str(source / "raw" / f"{split}.json"), "columns": {"prompt": "text"}}
+        for name, split in ((LOCAL_FORGET, "forget"), (LOCAL_RETAIN, "retain1"))
+    }
+    out = ROOT / "saves" / "muse" / "datasets" / f"{source.name}-{hashlib.sha256(bytes(source)).hexdigest()[:12]}"
+    atomic_write_text(out / "dataset_info.json", json.dumps(info, indent=1) + "\n")
+    return out
+
+
+def datasets(argv: list[str]) -> Path:
+    """``unilogit muse datasets FOLDER``: register a local MUSE folder's forget and retain1 texts for unlearning;
+    prints ``dataset_dir=``, ``forget=`` and ``retain=`` lines for the drivers to read."""
+    parser = CommandParser(prog="unilogit muse datasets", description=datasets.__doc__)
+    parser.add_argument("folder", help="a local MUSE-format folder (raw/forget.json and raw/retain1.json)")
+    args = parser.parse_args(argv)
+    out = register_local(args.folder)
+    print(f"dataset_dir={out}\nforget={LOCAL_FORGET}\nretain={LOCAL_RETAIN}")
+    return out
 
 
 def prepare(argv: list[str]) -> dict[str, Path]:
-    """``unilogit muse prepare [key=value ...]``: the target and retrain models, trained once and cached."""
+    """``unilogit muse prepare [--data FOLDER] [key=value ...]``: the target and retrain models, trained once and
+    cached; on the embedded mini corpus, or on a local MUSE folder's raw/forget.json and raw/retain1.json."""
     from unilogit.benchmarks.prepare import prepare_model
 
     parser = CommandParser(prog="unilogit muse prepare", description=prepare.__doc__)
+    parser.add_argument("--data", help="a local MUSE-format folder to train on (default: the embedded mini corpus)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both configs, e.g. bf16=false")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     # The shipped configs name dataset_dir: data, relative to the repository, not to the caller's folder.
-    overrides = [f"dataset_dir={ROOT / 'data'}", *args.overrides]
-    paths = {name: prepare_model(name, ROOT / config, overrides) for name, config in PREPARE_CONFIGS.items()}
+    data = {name: [f"dataset_dir={ROOT / 'data'}"] for name in PREPARE_CONFIGS}
+    if args.data:
+        # The cache key hashes the registered files' bytes, so other data in the same folder trains anew.
+        dataset_dir = register_local(args.data)
+        data["target"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_FORGET},{LOCAL_RETAIN}"]
+        data["retrain"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_RETAIN}"]
+    paths = {
+        name: prepare_model(name, ROOT / config, [*data[name], *args.overrides])
+        for name, config in PREPARE_CONFIGS.items()
+    }
     for name, path in paths.items():
         print(f"{name}={path}")
     return paths
 
 
 def evaluate(argv: list[str]) -> dict[str, Any]:
-    """``unilogit eval muse --model M [--retrain R] [--data D] ...``: MUSE metrics of one model."""
-    from unilogit.evaluation.muse import evaluate_muse, format_muse_table, load_muse, write_results
-    from unilogit.models import load_for_eval
+    """``unilogit eval muse --model M [--retrain R] [--data D] ...``: MUSE metrics of one model. On a GPU the
+    model goes to the GPU, or with device_map over several when one is too small."""
+    from unilogit.evaluation.muse import (
+        NEEDS_RETRAIN,
+        evaluate_muse,
+        format_muse_table,
+        load_muse,
+        muse_auc_retrain,
+        write_results,
+    )
+    from unilogit.models import eval_dtype, load_for_eval, load_model
 
     parser = CommandParser(prog="unilogit eval muse", description=evaluate.__doc__)
     parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
-    parser.add_argument("--retrain", help="the retrained model: PrivLeak's reference AUC and the KL to retrain")
+    parser.add_argument(
+        "--retrain",
+        help="the retrained model: PrivLeak's reference AUC and the KL to retrain (needed for local --data; "
+        "news and books default to MUSE's published AUC)",
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help="local MUSE folder, or news | books (the hub)")
     parser.add_argument("--max-examples", type=positive_int, help="cap every split at this many examples (quick runs)")
     parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
     parser.add_argument("--name", help="the row name in the table (default: the model folder's name)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_args(parser, batch_size=8)
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     args = parser.parse_args(argv)
 
@@ -58,11 +121,14 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     if (output / RESULTS_JSON).exists() and not args.overwrite:
         raise ConfigError(f"{output / RESULTS_JSON} exists; pass --overwrite or choose another --output")
     data = load_muse(data_path(args.data), limit=args.max_examples)
-    model, tokenizer = load_for_eval(args.model, args.dtype)
+    if not args.retrain and muse_auc_retrain(data.source) is None and data.privleak_forget and data.privleak_holdout:
+        raise ConfigError(NEEDS_RETRAIN)  # before any model loads
+    model, tokenizer = load_for_eval(args.model, args.dtype, args.tokenizer)
     retrain = None
     if args.retrain:
+        # Both models are scored with the model's tokenizer, so the retrained one needs none of its own.
         same = Path(args.retrain).resolve() == Path(args.model).resolve()
-        retrain = model if same else load_for_eval(args.retrain, args.dtype)[0]
+        retrain = model if same else load_model(args.retrain, args.dtype)
     metrics = evaluate_muse(model, tokenizer, data, retrain_model=retrain, batch_size=args.batch_size)
     name = args.name or Path(args.model).name
     record = {
@@ -71,6 +137,8 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         "retrain": args.retrain,
         "data": str(args.data),
         "max_examples": args.max_examples,
+        "tokenizer": args.tokenizer,
+        "dtype": eval_dtype(args.dtype),
         **metrics,
     }
     write_results({name: record}, output / RESULTS_JSON, output / RESULTS_MD)
@@ -86,9 +154,12 @@ def table(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    """``unilogit muse prepare|table``."""
-    commands = {"prepare": prepare, "table": table}
+    """``unilogit muse prepare|datasets|table``."""
+    commands = {"prepare": prepare, "datasets": datasets, "table": table}
     if not argv or argv[0] not in commands:
-        raise ConfigError("usage: unilogit muse prepare [key=value ...] | unilogit muse table RESULTS.json ...")
+        raise ConfigError(
+            "usage: unilogit muse prepare [--data FOLDER] [key=value ...] | unilogit muse datasets FOLDER | "
+            "unilogit muse table RESULTS.json ..."
+        )
     commands[argv[0]](argv[1:])
     sys.stdout.flush()

@@ -20,13 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.benchmarks.commands import CommandParser, data_path, merge_tables, positive_int
+from unilogit.benchmarks.commands import CommandParser, add_model_args, data_path, merge_tables, positive_int
 from unilogit.stage.args import ConfigError
 
 DEFAULT_DATA = "data/rwku_mini"
 RESULTS_JSON, RESULTS_MD = "rwku_results.json", "rwku_results.md"
-# The forget corpus of each target: the text the model itself wrote about it.
-DEFAULT_CORPUS = {"rwku": "train_positive_llama3", "jinzhuoran/rwku": "train_positive_llama3"}
+# The forget corpus of each target: the text the model itself wrote about it. RWKU's own (Llama-3-8B-Instruct's)
+# on the hub and in folders laid out like it; the embedded model's where a folder holds that one.
+DEFAULT_CORPUS = "train_positive_llama3"
 MINI_CORPUS = "train_positive_smollm2"
 # General text the model wrote itself, about no target: the retain set of methods with a retain term.
 MINI_RETAIN = "train_retain_smollm2"
@@ -40,7 +41,7 @@ def _add_data_args(parser: CommandParser) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="local RWKU folder, or rwku (jinzhuoran/RWKU on the hub)")
     parser.add_argument("--targets", help="1-based target numbers, e.g. 1-8, 3 or 1-3,7 (default: all)")
     parser.add_argument("--max-examples", type=positive_int, help="cap every evaluation set (quick runs)")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    add_model_args(parser, batch_size=16)
     parser.add_argument("--fluency-tokens", type=positive_int, default=256, help="fluency response length (RWKU: 256)")
     parser.add_argument("--no-utility", action="store_true", help="skip MMLU, TruthfulQA, TriviaQA and fluency")
 
@@ -65,7 +66,7 @@ def _evaluate(model_path: str, data: str, groups: list[list[str]], args: Any) ->
     from unilogit.evaluation.rwku import evaluate_rwku, load_rwku, utility_key, utility_metrics
     from unilogit.models import load_for_eval
 
-    model, tokenizer = load_for_eval(model_path)
+    model, tokenizer = load_for_eval(model_path, args.dtype, args.tokenizer)
     scored: dict[str, dict] = {}
     per_target: dict[str, dict] = {}
     for targets in groups:
@@ -96,6 +97,8 @@ def _write(results: dict[str, Any], out: Path, note: str) -> None:
 
 def evaluate(argv: list[str]) -> dict[str, Any]:
     """``unilogit eval rwku --model M [--data D] [--targets 1-8] ...``: RWKU metrics of one model per target."""
+    from unilogit.models import eval_dtype
+
     parser = CommandParser(prog="unilogit eval rwku", description=evaluate.__doc__)
     parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
     parser.add_argument("--output", help=f"folder for {RESULTS_JSON} and {RESULTS_MD} (default: beside the model)")
@@ -112,7 +115,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     chosen = _chosen_targets(data, args.targets)
     per_target = _evaluate(args.model, data, [[target] for _, target in chosen], args)
     name = args.name or Path(args.model).name
-    results = _summary(name, per_target, {"model": args.model, "data": args.data, "targets": args.targets})
+    extra = {"model": args.model, "data": args.data, "targets": args.targets, "tokenizer": args.tokenizer,
+             "dtype": eval_dtype(args.dtype)}  # fmt: skip
+    results = _summary(name, per_target, extra)
     _write(results, out, f"`unilogit eval rwku --model {args.model} --data {args.data}`")
     return results
 
@@ -154,17 +159,26 @@ def _train(
     return output
 
 
+def _default_corpus(data: str) -> str:
+    return MINI_CORPUS if Path(data, MINI_CORPUS).is_dir() else DEFAULT_CORPUS
+
+
 def _retain_texts(args: Any, data: str) -> list[dict] | None:
     """The retain records (``text``, and ``prompt`` for chats) when the config's (overridden) ``retain_loss``
-    needs them, else None."""
+    needs them: nll or kl, or left unset (the method's default) while ``--retain-corpus`` names a set; else None,
+    as RWKU runs (it has no retain set)."""
     from unilogit.cli import load_config
     from unilogit.evaluation.rwku import load_rwku_config
 
-    if load_config([args.config, *args.overrides]).get("retain_loss", "none") == "none":
+    retain_loss = load_config([args.config, *args.overrides]).get("retain_loss")
+    if retain_loss == "none" or (retain_loss is None and not args.retain_corpus):
         return None
-    name = args.retain_corpus or (None if str(args.data).lower() in DEFAULT_CORPUS else MINI_RETAIN)
+    name = args.retain_corpus or (MINI_RETAIN if Path(data, MINI_RETAIN).is_dir() else None)
     if name is None:
-        raise ConfigError("retain_loss needs a retain set and RWKU has none: pass --retain-corpus or retain_loss=none")
+        raise ConfigError(
+            f"retain_loss={retain_loss} needs a retain set and {args.data} has none (RWKU has none): pass "
+            "--retain-corpus or retain_loss=none"
+        )
     return [{k: r[k] for k in ("prompt", "text") if k in r} for r in load_rwku_config(data, name)]
 
 
@@ -172,18 +186,19 @@ def run(argv: list[str]) -> dict[str, Any]:
     """``unilogit rwku run CONFIG.yaml --model M [--targets 1-8] [--batch] [key=value ...]``: the target-wise loop."""
     from unilogit.evaluation.rwku import load_rwku_config
     from unilogit.io import atomic_write_text
+    from unilogit.models import eval_dtype
 
     parser = CommandParser(prog="unilogit rwku run", description=run.__doc__)
     parser.add_argument("config", help="an unlearn YAML (its dataset and output_dir are set per target)")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the original model every target starts from")
     parser.add_argument("--output", required=True, help="the run folder (must not exist)")
     parser.add_argument("--name", help="the row name (default: the config's file name)")
-    parser.add_argument("--corpus", help=f"the forget corpus config (default: {MINI_CORPUS} locally, "
-                        "train_positive_llama3 on the hub)")  # fmt: skip
+    parser.add_argument("--corpus", help=f"the forget corpus config (default: {MINI_CORPUS} in a folder that "
+                        f"holds it, else {DEFAULT_CORPUS}, RWKU's)")  # fmt: skip
     parser.add_argument(
         "--retain-corpus",
-        help="a train_* config of general text (no target in it) for methods whose retain_loss is not none "
-        f"(default: {MINI_RETAIN} locally; the hub has none)",
+        help="a train_* config of general text (no target in it): the retain set, for a config whose retain_loss "
+        f"is not none (default: {MINI_RETAIN} in a folder that holds it; RWKU has none)",
     )
     parser.add_argument("--batch", action="store_true", help="unlearn all chosen targets at once (batch-target)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -199,7 +214,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     data = data_path(args.data)
     retain = _retain_texts(args, data)  # first: a config that needs a retain set fails before any download
     chosen = _chosen_targets(data, args.targets)
-    corpus_name = args.corpus or DEFAULT_CORPUS.get(str(args.data).lower(), MINI_CORPUS)
+    corpus_name = args.corpus or _default_corpus(data)
     corpus = load_rwku_config(data, corpus_name)
     groups = [chosen] if args.batch else [[pair] for pair in chosen]
     per_target: dict[str, dict] = {}
@@ -210,13 +225,16 @@ def run(argv: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{corpus_name} has no text about {', '.join(names)}; pick another --corpus")
         folder = out / (_slug(*group[0]) if len(group) == 1 else f"batch_{group[0][0]}-{group[-1][0]}")
         print(f"[rwku] {folder.name}: unlearning {len(texts)} texts from {args.model}", file=sys.stderr)
-        model = _train(args.config, args.model, texts, retain, folder, args.overrides)
+        # The trained folder then carries the named tokenizer, which its evaluation loads.
+        tokenizer = [f"tokenizer_name_or_path={args.tokenizer}"] if args.tokenizer else []
+        model = _train(args.config, args.model, texts, retain, folder, [*tokenizer, *args.overrides])
         mine = _evaluate(str(model), data, [[name] for name in names], args)
         atomic_write_text(folder / "metrics.json", json.dumps(mine, indent=1) + "\n")
         per_target.update(mine)
     name = args.name or Path(args.config).stem
     extra = {"config": args.config, "model": args.model, "data": args.data, "targets": args.targets,
-             "batch": args.batch, "overrides": args.overrides}  # fmt: skip
+             "batch": args.batch, "overrides": args.overrides, "tokenizer": args.tokenizer,
+             "dtype": eval_dtype(args.dtype)}  # fmt: skip
     results = _summary(name, per_target, extra)
     _write(results, out, f"`unilogit rwku run {args.config} --data {args.data}` ({'batch' if args.batch else 'single'}"
            "-target)")  # fmt: skip
