@@ -347,14 +347,14 @@ def test_evaluate_muse_end_to_end(tiny, tmp_path: Path) -> None:
     assert result["auc_retrain_from"] == "retrain model"
 
     # PrivLeak only: against itself it is exactly 0; without a retrained model, MUSE's constant of the hub
-    # corpus the data came from, and local data is refused.
+    # corpus the data came from, and n/a for local data.
     privacy_only = MuseData(privleak_forget=data.privleak_forget, privleak_holdout=data.privleak_holdout)
     self_result = evaluate_muse(model, tokenizer, privacy_only, retrain_model=model)
     assert self_result["privleak"] == 0.0 and self_result["kl_to_retrain"] == 0.0  # reused, not recomputed
     assert self_result["auc_retrain"] == self_result["auc"] == result["auc"]
     assert self_result["verbmem_f"] is None and self_result["knowmem_f"] is None
-    with pytest.raises(ConfigError, match="pass --retrain"):
-        evaluate_muse(model, tokenizer, privacy_only)
+    local = evaluate_muse(model, tokenizer, privacy_only)
+    assert local["privleak"] is None and local["auc_retrain"] is None and local["auc"] == result["auc"]
     for source, hub_id, constant in (
         ("books", "muse-bench/MUSE-Books", 0.5393),
         ("News", "muse-bench/MUSE-News", 0.4772),

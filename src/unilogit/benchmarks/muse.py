@@ -91,11 +91,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     """``unilogit eval muse --model M [--retrain R] [--data D] ...``: MUSE metrics of one model. On a GPU the
     model goes to the GPU, or with device_map over several when one is too small."""
     from unilogit.evaluation.muse import (
-        NEEDS_RETRAIN,
         evaluate_muse,
         format_muse_table,
         load_muse,
-        muse_auc_retrain,
         write_results,
     )
     from unilogit.models import eval_dtype, load_for_eval, load_model
@@ -104,8 +102,8 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--model", required=True, help="alias, hub id, or a training output folder (full or LoRA)")
     parser.add_argument(
         "--retrain",
-        help="the retrained model: PrivLeak's reference AUC and the KL to retrain (needed for local --data; "
-        "news and books default to MUSE's published AUC)",
+        help="the retrained model: PrivLeak's reference AUC and the KL to retrain (without it, local --data "
+        "gets PrivLeak n/a; news and books use MUSE's published AUC)",
     )
     parser.add_argument("--data", default=DEFAULT_DATA, help="local MUSE folder, or news | books (the hub)")
     parser.add_argument("--max-examples", type=positive_int, help="cap every split at this many examples (quick runs)")
@@ -121,8 +119,6 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     if (output / RESULTS_JSON).exists() and not args.overwrite:
         raise ConfigError(f"{output / RESULTS_JSON} exists; pass --overwrite or choose another --output")
     data = load_muse(data_path(args.data), limit=args.max_examples)
-    if not args.retrain and muse_auc_retrain(data.source) is None and data.privleak_forget and data.privleak_holdout:
-        raise ConfigError(NEEDS_RETRAIN)  # before any model loads
     model, tokenizer = load_for_eval(args.model, args.dtype, args.tokenizer)
     retrain = None
     if args.retrain:

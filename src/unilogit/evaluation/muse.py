@@ -292,8 +292,8 @@ def muse_auc_retrain(source: str | Path) -> float | None:
 
 
 NEEDS_RETRAIN = (
-    "PrivLeak on local data needs the retrained model's AUC: pass --retrain RETRAIN_MODEL (MUSE's published "
-    "constants hold only for --data news or books)"
+    "[muse] PrivLeak is n/a: on local data it needs the retrained model's AUC; pass --retrain RETRAIN_MODEL "
+    "(MUSE's published constants hold only for --data news or books)"
 )
 
 
@@ -419,9 +419,9 @@ def evaluate_muse(
     - ``auc``: :func:`privleak_auc` of per-text Min-40% scores on privleak forget vs holdout.
     - ``privleak``: :func:`privleak` against AUC_retrain, taken, in order, from ``retrain_model`` (same
       computation), ``retrain_auc``, or MUSE's published constant for the hub corpus ``data`` came from
-      (:func:`muse_auc_retrain`; right only for MUSE's own models). Local data with neither is refused
-      (``ConfigError``). ``auc_retrain_from`` says which: ``retrain model``, ``given`` or ``MUSE constant
-      for <hub id>``.
+      (:func:`muse_auc_retrain`; right only for MUSE's own models). Local data with neither gets None
+      and a line on stderr naming ``--retrain``. ``auc_retrain_from`` says which: ``retrain model``,
+      ``given`` or ``MUSE constant for <hub id>``.
     - ``kl_to_retrain``: :func:`mean_token_kl` KL(p_retrain ‖ p_model) on the privleak forget texts
       (the forget-set documents); None without ``retrain_model``. Both models use ``tokenizer``.
     - PrivLeak is None when the retrain AUC is 0 (it divides by it): a few texts separated perfectly.
@@ -441,8 +441,6 @@ def evaluate_muse(
     auc_model = auc_retrain = leak = auc_from = None
     if data.privleak_forget and data.privleak_holdout:
         constant = muse_auc_retrain(data.source)
-        if retrain_model is None and retrain_auc is None and constant is None:
-            raise ConfigError(NEEDS_RETRAIN)
         auc_model = _privleak_auc(model, tokenizer, data, batch_size)
         if retrain_model is model:  # the retrained model scored against itself
             auc_retrain, auc_from = auc_model, "retrain model"
@@ -450,9 +448,11 @@ def evaluate_muse(
             auc_retrain, auc_from = _privleak_auc(retrain_model, tokenizer, data, batch_size), "retrain model"
         elif retrain_auc is not None:
             auc_retrain, auc_from = float(retrain_auc), "given"
-        else:
+        elif constant is not None:
             auc_retrain, auc_from = constant, f"MUSE constant for {_hub_id(data.source)}"
-        if auc_retrain > 0:
+        if auc_retrain is None:  # local data, no retrained model: another corpus's constant would be wrong
+            print(NEEDS_RETRAIN, file=sys.stderr)
+        elif auc_retrain > 0:
             leak = privleak(auc_model, auc_retrain)
         else:  # a few texts that the retrain model happens to separate perfectly (quick runs): report n/a
             print(
