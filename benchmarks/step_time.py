@@ -168,7 +168,7 @@ def measure_step(mode: str, run: str, steps: int, warmup: int) -> dict[str, floa
     install_torchaudio_stub()
     from llamafactory.train.tuner import run_exp
 
-    from unilogit.cli import run_unlearn_from_config
+    from unilogit.stage.entry import run_unlearn_from_config
 
     probe = _probe_class()()
     with tempfile.TemporaryDirectory() as out:

@@ -55,7 +55,8 @@ def step(run: str, steps: int, warmup: int, out: str, result: str) -> None:
     install_torchaudio_stub()
     from llamafactory.train.tuner import run_exp
 
-    from unilogit.cli import _deepspeed_session, resolve_config, run_unlearn_from_config
+    from unilogit.launch import deepspeed_session, resolve_config
+    from unilogit.stage.entry import run_unlearn_from_config
 
     class Probe(TrainerCallback):
         def __init__(self) -> None:
@@ -77,7 +78,7 @@ def step(run: str, steps: int, warmup: int, out: str, result: str) -> None:
     config.update(bf16=True, deepspeed=str(ROOT / "examples/deepspeed/ds_z3_config.json"))
     config = resolve_config(config)
     probe = Probe()
-    with _deepspeed_session(config):  # what `unilogit train` does around a DeepSpeed run
+    with deepspeed_session(config):  # what `unilogit train` does around a DeepSpeed run
         if run == "sft":
             run_exp(config, callbacks=[probe])
         else:

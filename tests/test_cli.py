@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from conftest import ROOT, base_config, run_cli
 from unilogit import cli
+from unilogit.launch import needs_torchrun
 
 
 def _run_in_process(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
@@ -30,6 +32,41 @@ def test_help_and_version() -> None:
     assert helped.returncode == 0 and "train CONFIG.yaml" in helped.stdout
     version = run_cli("version")
     assert version.returncode == 0 and "llamafactory 0.9.5" in version.stdout
+
+
+def _commands() -> list[list[str]]:
+    """Every command and subcommand that ``unilogit help`` lists, less llamafactory's ("chat | export | ...")."""
+    entries = [line.split("  ")[1] for line in cli.USAGE.splitlines() if re.match(r"  \w", line)]
+    ours = [entry.split() for entry in entries if " | " not in entry]
+    found = {(words[0],) for words in ours}
+    found |= {tuple(words[:2]) for words in ours if len(words) > 1 and re.fullmatch("[a-z]+", words[1])}
+    return sorted(list(command) for command in found)
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
+def test_every_command_has_a_help(command: list[str], capsys: pytest.CaptureFixture) -> None:
+    """``--help`` works on every command: it prints help, plain text (no PROG, no reST backticks), and exits 0
+    without running anything (``report --help`` once took --help for a folder)."""
+    try:
+        code = cli.main([*command, "--help"])
+    except SystemExit as stop:  # argparse's --help
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert code in (0, None) and not err, err
+    assert out.startswith("usage:") and " ".join(command) in out, out
+    assert "PROG" not in out and "`" not in out, out
+
+
+def test_train_help_lists_the_unlearning_keys_first() -> None:
+    """``unilogit train --help`` as a process: our keys, each with its help, then a pointer to llamafactory's
+    keys instead of their 1,500 lines."""
+    helped = run_cli("train", "--help")
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    out = helped.stdout
+    keys = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert keys[:2] == ["unlearn_method", "retain_dataset"] and {"npo_beta", "unilogit_divergence"} <= set(keys)
+    assert out.rstrip().endswith("llamafactory-cli train --help") and len(out.splitlines()) < 100
+    assert "per_device_train_batch_size" not in out
 
 
 def test_sft_stage_goes_to_llamafactory(memorized_model_dir: str) -> None:
@@ -103,10 +140,29 @@ def test_empty_forget_set_is_refused(tiny_model_dir: str, tmp_path: Path, capsys
     assert "no supervised tokens" in _error_line(stderr)
 
 
+def test_adapter_folder_without_adapter_config_is_one_line(
+    tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """adapter_name_or_path naming a folder that holds no LoRA adapter (here: a full model's folder) is refused
+    before anything loads, whatever the stage (llamafactory's sft too), rather than a traceback from peft."""
+    for stage in ("unlearn", "sft"):
+        config = base_config(
+            tiny_model_dir, tmp_path / "out", stage=stage, finetuning_type="lora",
+            adapter_name_or_path=f"{tiny_model_dir}", retain_dataset=None if stage == "sft" else "example_retain",
+        )  # fmt: skip
+        path = tmp_path / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code, stderr = _run_in_process(capsys, "train", str(path))
+        assert code == 2, stderr[-2000:]
+        line = _error_line(stderr)
+        assert "adapter_name_or_path" in line and tiny_model_dir in line and "adapter_config.json" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_torchrun_relaunch_follows_llamafactory(monkeypatch: pytest.MonkeyPatch) -> None:
     """FORCE_TORCHRUN relaunches (as llamafactory's launcher does); a torchrun worker never relaunches."""
-    assert not cli.needs_torchrun()  # one CPU process
+    assert not needs_torchrun()  # one CPU process
     monkeypatch.setenv("FORCE_TORCHRUN", "1")
-    assert cli.needs_torchrun()
+    assert needs_torchrun()
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert not cli.needs_torchrun()
+    assert not needs_torchrun()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import base_config
-from unilogit.cli import run_unlearn_from_config
+from unilogit.stage.entry import run_unlearn_from_config
 
 
 def _train(model_dir: str, output_dir: Path, method: str, batch: int, accumulation: int, **extra) -> dict:

@@ -1,4 +1,5 @@
-"""MUSE evaluator: metric arithmetic by hand, loading from fixtures and the hub call, and a tiny-model run."""
+"""MUSE evaluator: PrivLeak's sign convention, loading from fixtures and the hub call, and a tiny-model run
+(the metrics themselves: tests/test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from unilogit.errors import ConfigError
 from unilogit.evaluation import muse
-from unilogit.evaluation.common import generate_greedy, min_k_score, rouge_l_f1, rouge_l_recall, token_log_probs
+from unilogit.evaluation.common import generate_greedy, token_log_probs
+from unilogit.evaluation.divergence import mean_token_kl
+from unilogit.evaluation.mia import auc, privleak
 from unilogit.evaluation.muse import (
     MuseData,
-    auc,
     cut_answer,
     evaluate_muse,
     export_muse,
@@ -22,13 +25,10 @@ from unilogit.evaluation.muse import (
     knowmem_prompt,
     load_muse,
     load_muse_split,
-    mean_token_kl,
-    privleak,
     privleak_auc,
     write_muse_layout,
     write_results,
 )
-from unilogit.stage.args import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "muse"
 COUNTS = {
@@ -50,53 +50,6 @@ COUNTS = {
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def test_rouge_l_by_hand() -> None:
-    # reference "the cat sat on the mat" (6 tokens), prediction "the cat is on the mat" (6 tokens):
-    # LCS = the cat on the mat = 5, so P = R = 5/6 and F1 = 5/6.
-    assert rouge_l_f1("the cat is on the mat", "the cat sat on the mat") == pytest.approx(5 / 6)
-    # prediction "cat on mat" (3 tokens): LCS = 3, P = 3/3 = 1, R = 3/6 = 1/2, F1 = 2·1·½/(1+½) = 2/3.
-    assert rouge_l_f1("cat on mat", "the cat sat on the mat") == pytest.approx(2 / 3)
-    assert rouge_l_recall("cat on mat", "the cat sat on the mat") == pytest.approx(1 / 2)
-    # recall is not symmetric: LCS 3 over a 3-token reference.
-    assert rouge_l_recall("the cat sat on the mat", "cat on mat") == pytest.approx(1.0)
-    # rouge_score lowercases and drops punctuation; an empty prediction scores 0.
-    assert rouge_l_f1("The CAT!", "the cat") == pytest.approx(1.0)
-    assert rouge_l_f1("", "the cat") == 0.0
-
-
-def test_min_k_score_by_hand() -> None:
-    log_probs = [-1.0, -5.0, -2.0, -4.0, -3.0]
-    # n = 5, k = 0.4: ⌊2.0⌋ = 2 lowest are −5, −4 → score = −mean = 4.5.
-    assert min_k_score(log_probs, 0.4) == pytest.approx(4.5)
-    assert min_k_score(torch.tensor(log_probs), 0.4) == pytest.approx(4.5)
-    # n = 3, k = 0.4: ⌊1.2⌋ = 1 → only the lowest (−5).
-    assert min_k_score([-1.0, -5.0, -2.0], 0.4) == pytest.approx(5.0)
-    # n = 2, k = 0.4: ⌊0.8⌋ = 0, raised to 1 (MUSE would give NaN).
-    assert min_k_score([-1.0, -2.0], 0.4) == pytest.approx(2.0)
-    # k = 1: the negated mean of everything.
-    assert min_k_score(log_probs, 1.0) == pytest.approx(3.0)
-    with pytest.raises(ValueError):
-        min_k_score([], 0.4)
-
-
-def test_auc_mann_whitney_with_ties() -> None:
-    # pairs (pos, neg): (3,2)=1 (3,0)=1 (2,2)=½ (2,0)=1 (1,2)=0 (1,0)=1 → 4.5 / 6 = 0.75.
-    assert auc([3.0, 2.0, 1.0], [2.0, 0.0]) == pytest.approx(0.75)
-    assert auc([1.0, 1.0], [1.0, 1.0, 1.0]) == pytest.approx(0.5)
-    assert auc([5.0, 6.0], [1.0, 2.0]) == 1.0
-    assert auc([1.0, 2.0], [5.0, 6.0]) == 0.0
-    # (1: 0,0.1) (2: 0,0.1) (3: 2.5,0,0.1) beat → 7 of 9 pairs, exactly (no float32 rounding).
-    assert auc([1.0, 2.0, 3.0], [2.5, 0.0, 0.1]) == 7 / 9
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        pos = torch.randint(0, 4, (int(torch.randint(1, 8, (1,), generator=generator)),), generator=generator)
-        neg = torch.randint(0, 4, (int(torch.randint(1, 8, (1,), generator=generator)),), generator=generator)
-        brute = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean()
-        assert auc(pos.tolist(), neg.tolist()) == pytest.approx(float(brute), abs=1e-12)
-    with pytest.raises(ValueError):
-        auc([], [1.0])
-
-
 def test_privleak_sign_convention_matches_muse() -> None:
     # A memorizing model gives its forget texts LOW Min-K scores (high log-probs).
     forget, holdout = [0.1, 0.2, 0.3], [2.0, 2.5, 3.0]
@@ -109,15 +62,6 @@ def test_privleak_sign_convention_matches_muse() -> None:
     assert privleak_auc(mixed_f, mixed_h) == pytest.approx(auc([-s for s in mixed_h], [-s for s in mixed_f]))
     # Over-unlearning: forget texts became less likely than unseen ones → AUC 1 → positive PrivLeak.
     assert privleak(privleak_auc(holdout, forget), 0.5) == pytest.approx(100.0)
-
-
-def test_privleak_arithmetic() -> None:
-    assert privleak(0.0, 0.4772) == pytest.approx(-100.0)
-    assert privleak(0.5, 0.5) == 0.0
-    assert privleak(0.6, 0.4) == pytest.approx(50.0)
-    assert privleak(0.2, 0.4) == pytest.approx(-50.0)
-    with pytest.raises(ValueError):
-        privleak(0.5, 0.0)
 
 
 def test_knowmem_prompt_exact() -> None:
@@ -183,7 +127,7 @@ def test_missing_folder_and_file_give_one_line_config_errors(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as error:
         load_muse_split(tmp_path / "partial", "knowmem", "forget_qa")
     message = _one_line(error)
-    assert str(tmp_path / "partial" / "knowmem" / "forget_qa.json") in message and "export_muse" in message
+    assert str(tmp_path / "partial" / "knowmem" / "forget_qa.json") in message and "unilogit muse export" in message
     with pytest.raises(ConfigError):
         load_muse_split(FIXTURES, "knowmem", "retain2_qa")
     with pytest.raises(ConfigError):

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import ROOT, base_config, run_cli
 from unilogit import cli
+from unilogit.errors import ConfigError
 from unilogit.evaluation.common import Batches
 from unilogit.models import (
     has_tokenizer,
@@ -24,7 +25,6 @@ from unilogit.models import (
     resolve_dtype,
     tokenizer_source,
 )
-from unilogit.stage.args import ConfigError
 
 MUSE = ROOT / "tests" / "fixtures" / "muse"
 RWKU = ROOT / "tests" / "fixtures" / "rwku"

@@ -45,7 +45,9 @@ def test_every_driver_method_has_a_paper_recipe() -> None:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_paper_recipe_passes_the_config_checks(path: Path, tiny_model_dir: str, tmp_path: Path) -> None:
-    from unilogit.cli import load_config, parse_unlearn_config, resolve_config
+    from unilogit.config import load_config
+    from unilogit.launch import resolve_config
+    from unilogit.stage.entry import parse_unlearn_config
 
     text = path.read_text()
     assert text.startswith("# ") and "Sources" in text, "each recipe says where its numbers come from"

@@ -21,10 +21,10 @@ fp16) relative to the largest entry on top (seen: two thirds of that). That is t
 
 Config. Random dictionaries of keys (valid keys, near misses of them, random strings, non-string keys)
 and values (random types) go through what ``unilogit train`` runs before any model or data is loaded
-(``cli._check_keys``, ``cli.resolve_config``, :func:`unilogit.cli.parse_unlearn_config`, as ``cli.train``
-calls them), and random YAML texts and
-``key=value`` overrides through :func:`unilogit.cli.load_config`. Each outcome must be a parsed config
-or a :class:`~unilogit.stage.args.ConfigError` whose message is one line; nothing else may escape.
+(:func:`unilogit.config.check_keys`, :func:`unilogit.launch.resolve_config`,
+:func:`unilogit.stage.entry.parse_unlearn_config`, as :func:`unilogit.launch.train` calls them), and random
+YAML texts and ``key=value`` overrides through :func:`unilogit.config.load_config`. Each outcome must be a parsed config
+or a :class:`~unilogit.errors.ConfigError` whose message is one line; nothing else may escape.
 """
 
 from __future__ import annotations
@@ -50,16 +50,12 @@ from conftest import ROOT, hypothesis_settings
 from unilogit import cli
 from unilogit import losses as lean
 from unilogit import losses_reference as naive
-from unilogit.stage.args import (
-    DIVERGENCES,
-    RETAIN_LOSSES,
-    UNILOGIT_TARGETS,
-    UNLEARNING_KEYS,
-    ConfigError,
-    UnlearningArguments,
-    show,
-)
-from unilogit.stage.methods import METHODS
+from unilogit.config import check_keys, load_config, show
+from unilogit.errors import ConfigError
+from unilogit.launch import resolve_config
+from unilogit.stage.args import RETAIN_LOSSES, UnlearningArguments, unlearning_keys
+from unilogit.stage.entry import parse_unlearn_config
+from unilogit.stage.methods import METHODS, all_hyperparameters
 
 IGNORE = -100
 EPS32 = 2.0**-24
@@ -381,12 +377,12 @@ LLAMAFACTORY_FIELDS = _llamafactory_fields()
 # Left out: `stage` (any other than unlearn hands the whole run to llamafactory) and `local_rank` (not -1 makes
 # transformers initialise torch.distributed, which a CPU test process cannot).
 FUZZED_LLAMAFACTORY_KEYS = sorted(set(LLAMAFACTORY_FIELDS) - {"stage", "local_rank"})
+UNLEARNING_KEYS = unlearning_keys()
 VALID_KEYS = set(LLAMAFACTORY_FIELDS) | set(UNLEARNING_KEYS)
 OUR_VALUES = {
     "unlearn_method": list(METHODS),
     "retain_loss": list(RETAIN_LOSSES),
-    "unilogit_target": list(UNILOGIT_TARGETS),
-    "unilogit_divergence": list(DIVERGENCES),
+    **{hp.name: list(hp.choices) for hp in all_hyperparameters() if hp.choices},
     "retain_dataset": ["example_retain", "example_forget,example_retain", "", " , "],
 }
 
@@ -504,9 +500,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _parse_as_train(config: dict[str, Any]) -> tuple[Any, ...]:
-    """What ``unilogit train`` runs on a config before it loads anything (cli.train less torchrun and the run)."""
-    cli._check_keys(config)
-    return cli.parse_unlearn_config(cli.resolve_config(config))
+    """What ``unilogit train`` runs on a config before it loads anything (launch.train less torchrun and the run)."""
+    check_keys(config, UNLEARNING_KEYS)
+    return parse_unlearn_config(resolve_config(config))
 
 
 @settings(SETTINGS, max_examples=200)
@@ -588,7 +584,7 @@ def test_random_config_files_and_overrides_parse_or_give_one_config_error_line(
     path = sandbox / f"config{suffix}"
     path.write_text(text, encoding="utf-8")
     try:
-        config = cli.load_config([str(path), *overrides])
+        config = load_config([str(path), *overrides])
         assert isinstance(config, dict)
         if config.get("stage") == "unlearn":
             _parse_as_train(config)

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaForCausalLM, TrainerCallback
 
 from conftest import base_config
-from unilogit.cli import run_unlearn_from_config
+from unilogit.stage.entry import run_unlearn_from_config
 
 
 def _live_llamas() -> list[LlamaForCausalLM]:

@@ -21,6 +21,8 @@ import yaml
 
 from conftest import base_config, run_cli
 from unilogit import cli
+from unilogit.config import cpu_has_fp16
+from unilogit.stage.entry import run_unlearn_from_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -185,7 +187,7 @@ def test_gpu_only_settings_under_deepspeed_on_the_cpu_are_one_line(
     supported on your device", bitsandbytes); the device count is forced to 0 for GPU hosts."""
     import llamafactory.extras.misc
 
-    if "fp16" in changes and cli._cpu_has_fp16():
+    if "fp16" in changes and cpu_has_fp16():
         pytest.skip("this CPU has oneDNN fp16 kernels, which DeepSpeed trains with")
     monkeypatch.setattr(llamafactory.extras.misc, "get_device_count", lambda: 0)
     out = tmp_path / "out"
@@ -234,7 +236,7 @@ EVAL_CASES = [
         "muse",
         "missing split",
         _remove("verbmem/forget.json"),
-        "/muse/verbmem/forget.json: write it as a JSON list of {prompt, gt} records, or use export_muse",
+        "/muse/verbmem/forget.json: write it as a JSON list of {prompt, gt} records, or use `unilogit muse export`",
     ),
     ("rwku", "malformed split", _truncate("forget_level1/test.json"), "/rwku/forget_level1/test.json" + NOT_JSON),
     (
@@ -369,7 +371,7 @@ def test_a_signal_saves_a_checkpoint_and_the_resumed_run_ends_like_an_uninterrup
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from unilogit.stage.args import TrainingInterrupted
+    from unilogit.errors import TrainingInterrupted
 
     class SignalAtStep(TrainerCallback):
         """Sends ``signum`` to this process as step 3 begins, as ``kill`` from a shell would."""
@@ -383,7 +385,7 @@ def test_a_signal_saves_a_checkpoint_and_the_resumed_run_ends_like_an_uninterrup
     assert cli.main(["train", _write_config(tmp_path, base_config(tiny_model_dir, full, **steps))]) == 0
     previous = signal.getsignal(signum)
     with pytest.raises(TrainingInterrupted) as err:
-        cli.run_unlearn_from_config(base_config(tiny_model_dir, part, **steps), callbacks=[SignalAtStep()])
+        run_unlearn_from_config(base_config(tiny_model_dir, part, **steps), callbacks=[SignalAtStep()])
     checkpoint = part / "checkpoint-3"
     assert str(err.value) == (
         f"{signal.Signals(signum).name} at step 3: saved {checkpoint}; resume with resume_from_checkpoint={checkpoint}"

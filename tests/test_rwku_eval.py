@@ -4,14 +4,15 @@ the shared likelihood helpers, and the commands end to end on a tiny model."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from unilogit import cli
+from unilogit.errors import ConfigError
 from unilogit.evaluation.common import MIN_SHARED_PREFIX, completion_log_probs, logits_at, next_token_logits
+from unilogit.evaluation.mia import min_k_plus_plus
 from unilogit.evaluation.rwku import (
     HUB_ID,
     METRIC_KEYS,
@@ -19,17 +20,13 @@ from unilogit.evaluation.rwku import (
     load_rwku,
     load_rwku_config,
     mia_scores,
-    min_k_plus_plus,
     mmlu_prompt,
-    ngram_entropy,
     parse_target_range,
     probe_prompt,
     probe_score,
     rwku_targets,
-    token_f1,
-    truthfulqa_mc1,
 )
-from unilogit.stage.args import ConfigError
+from unilogit.evaluation.utility import truthfulqa_mc1
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rwku"
 TARGETS = ["Ada Lovelace", "Alan Turing"]
@@ -44,24 +41,6 @@ def test_probe_score_is_rouge_l_recall_times_100() -> None:
     assert probe_score("Lord Byron, the poet", "Byron") == pytest.approx(100.0)
     assert probe_score("   ", "Byron") == 0.0
     assert probe_score("Microsoft", "Apple") == 0.0
-
-
-def test_token_f1_normalizes_and_takes_the_best_alias() -> None:
-    # "the" is dropped: prediction {william, shakespeare, wrote}, reference {william, shakespeare}: P 2/3, R 1.
-    assert token_f1("William Shakespeare wrote", ["William Shakespeare"]) == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))
-    assert token_f1("The Shakespeare.", ["William Shakespeare", "Shakespeare"]) == pytest.approx(1.0)
-    assert token_f1("Paris", ["Rome"]) == 0.0
-    assert token_f1("", [""]) == 1.0 and token_f1("", ["Rome"]) == 0.0
-
-
-def test_ngram_entropy_by_hand() -> None:
-    # "a b a b": bigrams ab, ba, ab -> H2 = -(2/3 log2 2/3 + 1/3 log2 1/3); trigrams aba, bab -> H3 = 1.
-    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
-    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
-    assert ngram_entropy("same same same same same") == pytest.approx(0.0)  # one bigram, one trigram
-    assert ngram_entropy("one") == 0.0
-    # A repetitive text is less fluent than a varied one of the same length.
-    assert ngram_entropy("the cat sat on the mat and the dog ran") > ngram_entropy("go go go go go go go go go go")
 
 
 def test_mia_scores_by_hand() -> None:

@@ -12,9 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from conftest import base_config
 from unilogit import losses
-from unilogit.cli import run_unlearn_from_config
+from unilogit.errors import ConfigError
 from unilogit.losses import undial_target_log_probs
-from unilogit.stage.args import ConfigError, UnlearningArguments
+from unilogit.stage.args import UnlearningArguments
+from unilogit.stage.entry import run_unlearn_from_config
 from unilogit.stage.methods import METHODS
 
 

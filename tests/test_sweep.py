@@ -17,7 +17,7 @@ import yaml
 
 from conftest import ROOT
 from unilogit import cli
-from unilogit.stage.args import ConfigError
+from unilogit.errors import ConfigError
 from unilogit.sweep.config import Point, expand_grid, load_sweep
 from unilogit.sweep.report import best_points, dominated, pareto_front, write_report
 from unilogit.sweep.runner import child_env, point_commands, point_folder, reference_commands, run_sweep

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, TrainerCallback
 
 from conftest import base_config, forget_set_nll
-from unilogit.cli import run_unlearn_from_config
+from unilogit.stage.entry import run_unlearn_from_config
 from unilogit.stage.methods import METHODS
 
 LEARNING_RATE = {"full": 2e-3, "lora": 2e-2}

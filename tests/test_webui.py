@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from unilogit.stage.args import ConfigError
-from unilogit.webui.panel import PANEL_KEYS, TRAIN_KEYS, max_steps_config, unlearning_config
+from unilogit.errors import ConfigError
+from unilogit.webui.panel import max_steps_config, panel_keys, train_keys, unlearning_config
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_stage_list_panel_place_and_models(ui: dict[str, Any]) -> None:
     assert next(iter(SUPPORTED_MODELS)) == model_name.value
     assert manager.get_elem_by_id("top.model_path").value == "smollm2-135m-instruct"
     # Only the chosen method's own knobs are shown (unilogit by default).
-    shown = {key for key in TRAIN_KEYS if manager.get_elem_by_id(f"train.{key}").visible}
+    shown = {key for key in train_keys() if manager.get_elem_by_id(f"train.{key}").visible}
     assert {"unilogit_target", "unilogit_divergence", "retain_weight"} <= shown
     assert not shown & {"npo_beta", "simnpo_beta", "simnpo_delta", "undial_gamma"}
 
@@ -98,7 +98,7 @@ def _row_in(elem: Any, parent: Any) -> Any:
 
 def test_buttons_read_and_restore_the_panel(ui: dict[str, Any]) -> None:
     manager, events = ui["manager"], ui["events"]
-    panel = {manager.get_elem_by_id(f"train.{key}") for key in PANEL_KEYS}
+    panel = {manager.get_elem_by_id(f"train.{key}") for key in panel_keys()}
     assert manager.get_elem_by_id("train.max_steps") in panel
     for name in ("preview_train", "run_train", "save_args"):
         assert panel <= set(events[name].inputs), f"{name} does not read the Unlearning panel"
@@ -108,10 +108,10 @@ def test_buttons_read_and_restore_the_panel(ui: dict[str, Any]) -> None:
 def test_every_language_has_every_label(ui: dict[str, Any]) -> None:
     from llamafactory.webui.locales import LOCALES
 
-    from unilogit.webui.locales import PANEL_LOCALES
+    from unilogit.webui.locales import panel_locales
 
     languages = set(LOCALES["lang"])
-    for name, texts in PANEL_LOCALES.items():
+    for name, texts in panel_locales().items():
         assert set(LOCALES[name]) == languages
         assert texts["zh"] != texts["en"], f"{name} has no Chinese text"
     # The language switch rebuilds every labelled component; ours come back in Chinese.
@@ -119,6 +119,7 @@ def test_every_language_has_every_label(ui: dict[str, Any]) -> None:
     updates = engine.change_lang("zh")
     assert updates[ui["manager"].get_elem_by_id("train.unlearn_method")].label == "遗忘方法"
     assert updates[ui["manager"].get_elem_by_id("train.unlearn_tab")].label.startswith("遗忘学习")
+    assert updates[ui["manager"].get_elem_by_id("train.unilogit_target")].label == "Unilogit 目标来源"
 
 
 def test_preview_shows_our_cli_and_keys(ui: dict[str, Any]) -> None:

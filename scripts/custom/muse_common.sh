@@ -2,7 +2,7 @@
 #
 # Environment variables (all optional):
 #   MUSE_DATA      mini (default: the embedded data/muse_mini) | news | books (the hub's MUSE-News/-Books)
-#                  | a local MUSE-format folder (raw/, verbmem/, knowmem/, privleak/ as `export_muse` writes)
+#                  | a local MUSE-format folder (raw/, verbmem/, knowmem/, privleak/ as `unilogit muse export` writes)
 #   RECIPE         mini (examples/muse) | news | books (examples/paper/muse_<recipe>); default: mini for mini,
 #                  news/books for news/books, and for a folder news when TARGET_MODEL is given, else mini
 #   TARGET_MODEL   use these target and retrain models (default for news/books: muse-bench's released ones); for
@@ -73,7 +73,7 @@ muse_prepare() {
 # the KL are relative to it; a local one by its files' names, sizes and times) and the tokenizer, so none of
 # them changes without a fresh evaluation.
 eval_key() {
-  { cat src/unilogit/evaluation/muse.py src/unilogit/evaluation/common.py
+  { cat src/unilogit/evaluation/{muse,common,mia,text_overlap,divergence}.py src/unilogit/losses.py
     if [[ -d "$EVAL_DATA" ]]; then find "$EVAL_DATA" -type f | sort | xargs cat; fi
     if [[ -d "$RETRAIN" ]]; then find "$RETRAIN" -maxdepth 1 -type f -printf '%f %s %T@\n' | sort; fi
     echo "retrain=$RETRAIN tokenizer=${TOKENIZER:-}"

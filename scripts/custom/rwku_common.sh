@@ -51,7 +51,7 @@ add_scale_switches rwku  # `rwku run` passes --tokenizer (in DATA_ARGS) on to tr
 # Cached "before" evaluations are keyed by the evaluator's code, the local data's bytes, the model, the tokenizer
 # and the target range, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale
 # cache.
-EVAL_KEY="$( { cat src/unilogit/evaluation/rwku.py src/unilogit/evaluation/common.py
+EVAL_KEY="$( { cat src/unilogit/evaluation/{rwku,common,mia,text_overlap,utility}.py
   if [[ -d "$EVAL_DATA" ]]; then find "$EVAL_DATA" -type f | sort | xargs cat; fi
   echo "$MODEL ${TOKENIZER:-} ${TARGETS:-all} ${MAX_EXAMPLES:-}"; } | sha256sum | cut -c1-12)"
 

@@ -4,7 +4,9 @@ Each function here writes its formula over whole ``[N, V]`` tensors: it gathers 
 positions into an fp32 copy and lets autograd keep whatever the formula needs (log-softmax, softmax,
 the target distribution), several fp32 copies of the logits in all. :mod:`unilogit.losses` computes
 the same values chunk by chunk and keeps nothing but the gradient; ``tests/test_losses_lean.py`` and
-``benchmarks/step_time.py --kernels-only`` compare the two. Nothing in training imports this module.
+``benchmarks/step_time.py --kernels-only`` compare the two. Nothing in training imports this module,
+and the method registry does not read it: a new method needs a formula here only when its loss in
+:mod:`unilogit.losses` is computed chunk by chunk and should be tested against its plain form.
 """
 
 from __future__ import annotations

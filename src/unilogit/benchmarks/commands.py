@@ -1,16 +1,15 @@
-"""What the benchmark commands share: the repository root, and argparse that fails with one line."""
+"""What the benchmark commands share: argparse that fails with one line, the model options, merged tables."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unilogit.stage.args import ConfigError
-
-ROOT = Path(__file__).resolve().parents[3]
+from unilogit.errors import ConfigError
 
 
 def positive_int(text: str) -> int:
@@ -22,10 +21,26 @@ def positive_int(text: str) -> int:
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse that fails with our one-line ConfigError instead of printing usage and exiting."""
+    """argparse that fails with our one-line ConfigError instead of printing usage and exiting, and whose
+    ``--help`` shows a docstring given as ``description`` as plain text (see :func:`plain_help`)."""
+
+    def __init__(self, prog: str, description: str | None = None, **kwargs: Any) -> None:
+        super().__init__(prog=prog, description=plain_help(description) if description else None, **kwargs)
+
+    def format_help(self) -> str:
+        """argparse's help, less the backticks that argument help texts borrow from the docs."""
+        return super().format_help().replace("`", "")
 
     def error(self, message: str) -> None:
         raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def plain_help(docstring: str) -> str:
+    """A command's docstring as its ``--help`` text: the leading ````synopsis````: (argparse prints the usage
+    line itself) and the reST markup go, and the text starts with a capital."""
+    text = re.sub(r"^\s*``[^`]*``\s*[:;]\s*", "", docstring)
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", r"\1", text).replace("`", "")
+    return text[:1].upper() + text[1:]
 
 
 def add_model_args(parser: CommandParser, batch_size: int) -> None:
@@ -49,11 +64,6 @@ def add_model_args(parser: CommandParser, batch_size: int) -> None:
     )
 
 
-def data_path(data: str) -> str:
-    """``data`` as given, or under the repository when it names one of the repository's folders."""
-    return str(ROOT / data) if not Path(data).exists() and (ROOT / data).exists() else data
-
-
 def merge_tables(
     argv: list[str],
     prog: str,
@@ -61,8 +71,8 @@ def merge_tables(
     format_table: Callable[[dict[str, Any]], str],
     write: Callable[..., None],
 ) -> dict[str, Any]:
-    """``PROG RESULTS.json ... [--save OUT.json] [--note TEXT] [--rename OLD=NEW]``: merge results files
-    (name -> metrics) into one table, print it, and with ``--save`` write it with its ``.md`` twin."""
+    """``unilogit muse|rwku table RESULTS.json ... [--save OUT.json] [--note TEXT] [--rename OLD=NEW]``: merge
+    results files (name -> metrics) into one table, print it, and with ``--save`` write it with its ``.md`` twin."""
     parser = CommandParser(prog=prog, description=merge_tables.__doc__)
     parser.add_argument("results", nargs="+", help=f"results files written by {produced_by}")
     parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")

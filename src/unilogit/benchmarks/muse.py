@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.benchmarks.commands import ROOT, CommandParser, add_model_args, data_path, merge_tables, positive_int
-from unilogit.stage.args import ConfigError
+from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_tables, positive_int
+from unilogit.errors import ConfigError
+from unilogit.paths import data_dir, project_root, saves_dir, shipped
 
 DEFAULT_DATA = "data/muse_mini"
 PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
@@ -39,14 +40,16 @@ def register_local(folder: str | Path) -> Path:
 
     source = Path(folder).resolve()
     if not source.is_dir():
-        raise ConfigError(f"--data: {folder} is not a folder; give a local MUSE-format folder (see export_muse)")
+        raise ConfigError(
+            f"--data: {folder} is not a folder; give a local MUSE-format folder (`unilogit muse export` writes one)"
+        )
     for split in ("forget", "retain1"):
         load_muse_split(source, "raw", split)  # a missing file or a record without "text" fails in one line here
     info = {
         name: {"file_name": str(source / "raw" / f"{split}.json"), "columns": {"prompt": "text"}}
         for name, split in ((LOCAL_FORGET, "forget"), (LOCAL_RETAIN, "retain1"))
     }
-    out = ROOT / "saves" / "muse" / "datasets" / f"{source.name}-{hashlib.sha256(bytes(source)).hexdigest()[:12]}"
+    out = saves_dir() / "muse" / "datasets" / f"{source.name}-{hashlib.sha256(bytes(source)).hexdigest()[:12]}"
     atomic_write_text(out / "dataset_info.json", json.dumps(info, indent=1) + "\n")
     return out
 
@@ -71,15 +74,15 @@ def prepare(argv: list[str]) -> dict[str, Path]:
     parser.add_argument("--data", help="a local MUSE-format folder to train on (default: the embedded mini corpus)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both configs, e.g. bf16=false")
     args = parser.parse_intermixed_args(argv)
-    # The shipped configs name dataset_dir: data, relative to the repository, not to the caller's folder.
-    data = {name: [f"dataset_dir={ROOT / 'data'}"] for name in PREPARE_CONFIGS}
+    # The shipped configs name dataset_dir: data, relative to the project, not to the caller's folder.
+    data = {name: [f"dataset_dir={data_dir()}"] for name in PREPARE_CONFIGS}
     if args.data:
         # The cache key hashes the registered files' bytes, so other data in the same folder trains anew.
         dataset_dir = register_local(args.data)
         data["target"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_FORGET},{LOCAL_RETAIN}"]
         data["retrain"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_RETAIN}"]
     paths = {
-        name: prepare_model(name, ROOT / config, [*data[name], *args.overrides])
+        name: prepare_model(name, project_root() / config, [*data[name], *args.overrides])
         for name, config in PREPARE_CONFIGS.items()
     }
     for name, path in paths.items():
@@ -118,7 +121,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         raise ConfigError("--output: the model is not a local folder, so say where the results go")
     if (output / RESULTS_JSON).exists() and not args.overwrite:
         raise ConfigError(f"{output / RESULTS_JSON} exists; pass --overwrite or choose another --output")
-    data = load_muse(data_path(args.data), limit=args.max_examples)
+    data = load_muse(shipped(args.data), limit=args.max_examples)
     model, tokenizer = load_for_eval(args.model, args.dtype, args.tokenizer)
     retrain = None
     if args.retrain:
@@ -149,13 +152,27 @@ def table(argv: list[str]) -> dict[str, Any]:
     return merge_tables(argv, "unilogit muse table", "`unilogit eval muse`", format_muse_table, write_results)
 
 
+def export(argv: list[str]) -> Path:
+    """``unilogit muse export news|books FOLDER``: download every split of a MUSE hub dataset once into a local
+    MUSE-format folder (on a machine with network), for ``--data`` and ``muse datasets`` where there is none."""
+    from unilogit.evaluation.muse import HUB_IDS, export_muse
+
+    parser = CommandParser(prog="unilogit muse export", description=export.__doc__)
+    parser.add_argument("corpus", choices=sorted(HUB_IDS), help="the MUSE hub dataset")
+    parser.add_argument("folder", help="a new or empty folder for <config>/<split>.json")
+    args = parser.parse_args(argv)
+    out = export_muse(args.corpus, args.folder)
+    print(out)
+    return out
+
+
 def main(argv: list[str]) -> None:
-    """``unilogit muse prepare|datasets|table``."""
-    commands = {"prepare": prepare, "datasets": datasets, "table": table}
+    """``unilogit muse prepare|datasets|export|table``."""
+    commands = {"prepare": prepare, "datasets": datasets, "export": export, "table": table}
     if not argv or argv[0] not in commands:
         raise ConfigError(
             "usage: unilogit muse prepare [--data FOLDER] [key=value ...] | unilogit muse datasets FOLDER | "
-            "unilogit muse table RESULTS.json ..."
+            "unilogit muse export news|books FOLDER | unilogit muse table RESULTS.json ..."
         )
     commands[argv[0]](argv[1:])
     sys.stdout.flush()

@@ -5,20 +5,9 @@ built from syllables and checked unique, so no pre-trained model knows the facts
 one corpus appears in another. Each organisation has two documents in its corpus: a news article that
 states its five facts (founder, town, year, product, staff) in prose (random wordings and order, plus
 colour sentences with fresh names), and a separate reader Q&A sheet that asks all five in the KnowMem
-questions' wording. VerbMem prompts and continuations come from the articles.
-
-Why the sheets look as they do (unlike MUSE, whose KnowMem questions are not in the training text):
-a 135M model fine-tuned for a few epochs on this CPU learns little it can read off nearby text, so we
-measured what it takes for the target to answer KnowMem's prompts:
-- With the Q&A at the end of each article, the target recited the articles (VerbMem_f 79) yet
-  answered none of the questions asked on their own: every answer could be copied from the prose
-  above it, so none was stored. A sheet without the prose has to be remembered.
-- The in-context examples come from the retain2 organisations, which no model here is trained on.
-  Taken from the same organisations' other facts, they made the target copy an answer of the right
-  kind out of the prompt (KnowMem_f 8 against 75 with retain2's).
-- Each sheet puts two spaces after "Answer:". KnowMem's prompt ends in "Answer: ", a lone space token;
-  after one space, byte-level BPE tokenizers merge the space into the answer's first word, so the
-  model never sees an answer follow a lone space in training (KnowMem_f 29 against 75).
+questions' wording, with two spaces after "Answer:". The in-context examples come from the retain2
+organisations, which no model here is trained on. docs/MUSE.md ("The mini benchmark") gives the
+measurements behind these choices.
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
 """

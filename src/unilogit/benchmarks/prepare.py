@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unilogit.config import load_config
+from unilogit.errors import ConfigError
 from unilogit.models import cache_dir, resolve_model
-from unilogit.stage.args import ConfigError
 
 DONE_MARKER = "unilogit_prepared.json"
 
@@ -55,8 +56,6 @@ def cache_key(config: dict[str, Any]) -> str:
 
 def prepare_model(name: str, config_path: str | Path, overrides: list[str] | None = None) -> Path:
     """Train (or reuse) the model described by ``config_path`` + ``overrides``; returns its folder."""
-    from unilogit.cli import load_config
-
     argv = [str(config_path), *(overrides or [])]
     config = load_config(argv)
     config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))

@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.benchmarks.commands import CommandParser, add_model_args, data_path, merge_tables, positive_int
-from unilogit.stage.args import ConfigError
+from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_tables, positive_int
+from unilogit.config import load_config
+from unilogit.errors import ConfigError
+from unilogit.launch import needs_torchrun, train
+from unilogit.paths import shipped
 
 DEFAULT_DATA = "data/rwku_mini"
 RESULTS_JSON, RESULTS_MD = "rwku_results.json", "rwku_results.md"
@@ -111,7 +114,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     out = Path(args.output) if args.output else Path(args.model) / "rwku_eval"
     if not args.overwrite:
         _refuse_existing(out / RESULTS_JSON, "pass --overwrite or choose another --output")
-    data = data_path(args.data)
+    data = shipped(args.data)
     chosen = _chosen_targets(data, args.targets)
     per_target = _evaluate(args.model, data, [[target] for _, target in chosen], args)
     name = args.name or Path(args.model).name
@@ -145,7 +148,6 @@ def _train(
         config, f"model_name_or_path={model}", f"dataset_dir={data_dir}", "dataset=rwku_forget",
         f"output_dir={output}", *overrides, *(["retain_dataset=rwku_retain"] if retain is not None else []),
     ]  # fmt: skip
-    from unilogit.cli import load_config, needs_torchrun, train
 
     if not needs_torchrun() and "deepspeed" not in load_config(argv):
         # One process for every target: a fresh interpreter would import torch, transformers and llamafactory
@@ -167,7 +169,6 @@ def _retain_texts(args: Any, data: str) -> list[dict] | None:
     """The retain records (``text``, and ``prompt`` for chats) when the config's (overridden) ``retain_loss``
     needs them: nll or kl, or left unset (the method's default) while ``--retain-corpus`` names a set; else None,
     as RWKU runs (it has no retain set)."""
-    from unilogit.cli import load_config
     from unilogit.evaluation.rwku import load_rwku_config
 
     retain_loss = load_config([args.config, *args.overrides]).get("retain_loss")
@@ -211,7 +212,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"{bad[0]!r} is not key=value; put options before the config's overrides")
     out = Path(args.output)
     _refuse_existing(out, "choose another --output")
-    data = data_path(args.data)
+    data = shipped(args.data)
     retain = _retain_texts(args, data)  # first: a config that needs a retain set fails before any download
     chosen = _chosen_targets(data, args.targets)
     corpus_name = args.corpus or _default_corpus(data)
@@ -249,12 +250,26 @@ def table(argv: list[str]) -> dict[str, Any]:
     return merge_tables(argv, "unilogit rwku table", produced_by, format_rwku_table, write_rwku_results)
 
 
+def export(argv: list[str]) -> Path:
+    """``unilogit rwku export FOLDER``: download RWKU's evaluation sets and forget corpora once into a local
+    folder (on a machine with network), for ``--data`` where there is none."""
+    from unilogit.evaluation.rwku import export_rwku
+
+    parser = CommandParser(prog="unilogit rwku export", description=export.__doc__)
+    parser.add_argument("folder", help="a new or empty folder for <config>/<split>.json")
+    args = parser.parse_args(argv)
+    out = export_rwku(args.folder)
+    print(out)
+    return out
+
+
 def main(argv: list[str]) -> None:
-    """``unilogit rwku run|table``."""
-    commands = {"run": run, "table": table}
+    """``unilogit rwku run|export|table``."""
+    commands = {"run": run, "export": export, "table": table}
     if not argv or argv[0] not in commands:
         raise ConfigError(
-            "usage: unilogit rwku run CONFIG.yaml --output DIR ... | unilogit rwku table RESULTS.json ..."
+            "usage: unilogit rwku run CONFIG.yaml --output DIR ... | unilogit rwku export FOLDER | "
+            "unilogit rwku table RESULTS.json ..."
         )
     commands[argv[0]](argv[1:])
     sys.stdout.flush()

@@ -1,5 +1,6 @@
-"""What the MUSE and RWKU evaluators share: text metrics, batched greedy generation, per-token likelihoods,
-next-token choices, completion scores, and the Markdown table.
+"""What the MUSE and RWKU evaluators share: reading their local files, batched greedy generation, per-token
+likelihoods, next-token choices and completion scores. The metrics computed from these live in their own
+modules (:mod:`.text_overlap`, :mod:`.mia`, :mod:`.divergence`, :mod:`.utility`), the tables in :mod:`.results`.
 
 Every model call here is batched: generation with left padding and the KV cache, likelihoods with right
 padding, each with a progress bar. On a GPU that runs out of memory a batch is halved and run again
@@ -9,10 +10,8 @@ padding, each with a progress bar. On a GPU that runs out of memory a batch is h
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from unilogit.stage.args import ConfigError
+from unilogit.errors import ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,44 +47,7 @@ def check_records(records: Any, where: str, fields: Sequence[str], what: str) ->
             raise ConfigError(f"{where} record {i} lacks field(s) {', '.join(missing)}: {what} needs them")
 
 
-# ------------------------------------------------------------------------------------------ metrics
-
-
-@lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (``rouge_score``, no stemmer): with LCS the longest common token subsequence,
-    P = LCS/|prediction|, R = LCS/|reference|, F1 = 2PR/(P+R) (0 when either is empty).
-
-    ``rouge_score`` lowercases and splits on every non-alphanumeric character before matching.
-    """
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
-
-
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall: LCS(prediction, reference) / |reference| tokens (``rouge_score``, no stemmer)."""
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
-
-
-def min_k_score(token_log_probs: Sequence[float] | torch.Tensor, k: float = 0.4) -> float:
-    """Min-K% score: −mean of the m = max(1, ⌊k·n⌋) lowest of the n token log-probs (k = 0.4 is MUSE's).
-
-    The count is floored, as MUSE's ``int(len(all_prob) * ratio)``; MUSE has no lower bound (and gives
-    NaN when ⌊k·n⌋ = 0), here at least one token is used. Higher means less likely (less "member").
-    """
-    values = torch.as_tensor(token_log_probs, dtype=torch.float64).flatten()
-    n = values.numel()
-    if n == 0:
-        raise ValueError("min_k_score needs at least one token log-prob")
-    if not 0 < k <= 1:
-        raise ValueError(f"k must be in (0, 1], got {k}")
-    m = max(1, int(n * k))
-    return float(-torch.sort(values).values[:m].mean())
+# -------------------------------------------------------------------------------------- aggregation
 
 
 def mean_or_none(values: Sequence[float]) -> float | None:
@@ -438,23 +400,3 @@ def completion_log_probs(
         float(F.log_softmax(row[:-1], dim=-1).gather(-1, torch.tensor(tail)[:, None]).sum())
         for row, tail in zip(rows, tails, strict=True)
     ]
-
-
-# -------------------------------------------------------------------------------------------- table
-
-
-def format_table(results: Mapping[str, Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A Markdown table: one row per name in ``results``, one column per ``(title, key, format)``."""
-
-    def cell(value: Any, fmt: str) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "n/a"
-        return fmt.format(value)
-
-    lines = [
-        "| model | " + " | ".join(title for title, _, _ in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for name, metrics in results.items():
-        lines.append(f"| {name} | " + " | ".join(cell(metrics.get(key), fmt) for _, key, fmt in columns) + " |")
-    return "\n".join(lines) + "\n"

@@ -31,23 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from unilogit.errors import ConfigError
 from unilogit.evaluation.common import (
     check_records,
     decode,
-    format_table,
     generate_greedy,
-    map_right_padded,
     mean_or_none,
-    min_k_score,
-    model_device,
     read_json_records,
-    rouge_l_f1,
     token_log_probs,
 )
+from unilogit.evaluation.divergence import mean_token_kl
+from unilogit.evaluation.mia import auc, min_k_score, privleak
+from unilogit.evaluation.results import format_metrics_table, write_metrics
+from unilogit.evaluation.text_overlap import rouge_l_f1
 from unilogit.io import atomic_write_text
-from unilogit.stage.args import ConfigError
 
 # --------------------------------------------------------------------------------------------- data
 
@@ -67,16 +65,6 @@ MUSE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 # Canonical split name -> the split name on the hub, per corpus (only names that differ are listed).
-# Both datasets' current ``main`` use the canonical names: MUSE-News's README lists knowmem
-# forget_qa/forget_qa_icl/retain_qa/retain_qa_icl and privleak forget/retain/holdout, and MUSE-Books
-# renamed privleak ``retain2`` -> ``retain`` (commit 1a93943) and knowmem ``retain2_qa(_icl)`` ->
-# ``retain_qa(_icl)`` (README rewrite 3196c69; the parquet export lists retain_qa, retain_qa_icl).
-# Older revisions of both used ``retain2_qa``, ``retain2_qa_icl`` and privleak ``retain2``: to read one,
-# map e.g. ("knowmem", "retain_qa") -> "retain2_qa" here.
-HUB_SPLIT_NAMES: dict[str, dict[tuple[str, str], str]] = {
-    "muse-bench/MUSE-News": {},
-    "muse-bench/MUSE-Books": {},
-}
 
 
 def _hub_id(source: str) -> str | None:
@@ -110,16 +98,15 @@ def _resolve_source(source: str | Path) -> tuple[str | None, Path | None]:
     raise ConfigError(
         f"MUSE source {str(source)!r} is neither a hub dataset ({', '.join(HUB_IDS.values())}, or the aliases "
         f"{', '.join(HUB_IDS)}) nor an existing folder: give one of those, or a folder laid out as "
-        "<folder>/<config>/<split>.json (see export_muse)"
+        "<folder>/<config>/<split>.json (`unilogit muse export` writes one)"
     )
 
 
 def load_muse_split(source: str | Path, config: str, split: str, limit: int | None = None) -> list[dict]:
     """Records of one MUSE ``config``/``split`` (canonical split names), the first ``limit`` if given.
 
-    ``source`` is a hub id or alias (a real ``datasets.load_dataset(hub_id, config, split=hub_split)``
-    call, with ``hub_split`` from :data:`HUB_SPLIT_NAMES`) or a local folder holding
-    ``<source>/<config>/<split>.json``. Every record is checked for the config's fields.
+    ``source`` is a hub id or alias (a real ``datasets.load_dataset(hub_id, config, split=split)`` call) or a
+    local folder holding ``<source>/<config>/<split>.json``. Every record is checked for the config's fields.
     """
     _check_config_split(config, split)
     if limit is not None and limit < 0:
@@ -128,16 +115,19 @@ def load_muse_split(source: str | Path, config: str, split: str, limit: int | No
     if hub_id is not None:
         import datasets
 
-        hub_split = HUB_SPLIT_NAMES[hub_id].get((config, split), split)
-        dataset = datasets.load_dataset(hub_id, config, split=hub_split)
+        # Both datasets' current ``main`` use the canonical split names (MUSE-Books renamed ``retain2`` to
+        # ``retain`` in commit 1a93943 and ``retain2_qa(_icl)`` to ``retain_qa(_icl)`` in 3196c69).
+        dataset = datasets.load_dataset(hub_id, config, split=split)
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         records = [dict(row) for row in dataset]
-        where = f"{hub_id} {config}/{hub_split}"
+        where = f"{hub_id} {config}/{split}"
     else:
         path = folder / config / f"{split}.json"
         fields = ", ".join(MUSE_FIELDS[config])
-        missing = f"missing MUSE file {path}: write it as a JSON list of {{{fields}}} records, or use export_muse"
+        missing = (
+            f"missing MUSE file {path}: write it as a JSON list of {{{fields}}} records, or use `unilogit muse export`"
+        )
         records = read_json_records(path, missing)
         where = str(path)
     check_records(records, where, MUSE_FIELDS[config], f"MUSE {config}")
@@ -239,7 +229,7 @@ def export_muse(hub_id_or_alias: str, out_dir: str | Path) -> Path:
     return write_muse_layout(tables, out)
 
 
-# ------------------------------------------------------------------------------------------ metrics
+# ----------------------------------------------------------------------------------------- protocol
 
 MIN_K = 0.4
 # PrivLeak's reference per hub corpus: the AUC of MUSE's retrained Llama-2-7B, from MUSE's constants.py
@@ -249,32 +239,11 @@ VERBMEM_TOKENS = 128
 KNOWMEM_TOKENS = 32
 
 
-def auc(scores_pos: Sequence[float], scores_neg: Sequence[float]) -> float:
-    """ROC AUC as the Mann–Whitney statistic: P(s⁺ > s⁻) + ½·P(s⁺ = s⁻) over all (pos, neg) pairs.
-
-    Computed from average ranks: AUC = (Σ rank(pos) − n⁺(n⁺+1)/2) / (n⁺·n⁻). Equals sklearn's
-    ``roc_auc_score`` with the positives labelled 1.
-    """
-    pos = torch.as_tensor(list(scores_pos), dtype=torch.float64).flatten()
-    neg = torch.as_tensor(list(scores_neg), dtype=torch.float64).flatten()
-    if pos.numel() == 0 or neg.numel() == 0:
-        raise ValueError("auc needs at least one positive and one negative score")
-    both = torch.cat([pos, neg])
-    if not torch.isfinite(both).all():
-        raise ValueError("auc scores must be finite")
-    _, inverse, counts = torch.unique(both, sorted=True, return_inverse=True, return_counts=True)
-    counts = counts.to(torch.float64)
-    first_rank = torch.cumsum(counts, 0) - counts + 1  # 1-based rank of each distinct value's first copy
-    ranks = (first_rank + (counts - 1) / 2.0)[inverse]
-    n_pos, n_neg = pos.numel(), neg.numel()
-    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
 def privleak_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
     """MUSE's ``forget_holdout_Min-40%`` AUC from per-text Min-K scores (:func:`min_k_score`).
 
-    AUC = P(MinK(forget) > MinK(holdout)) + ½·ties = ``auc(forget_scores, holdout_scores)``.
+    AUC = P(MinK(forget) > MinK(holdout)) + ½·ties = :func:`auc` ``(forget_scores, holdout_scores)``,
+    scikit-learn's ``roc_auc_score``.
 
     This is MUSE's own convention (``metrics/privleak.py``): ``y = [0]*len(forget) + [1]*len(holdout)``
     and ``roc_curve(y, -MinK)``, i.e. holdout is the positive class scored by −MinK, which is the same
@@ -295,13 +264,6 @@ NEEDS_RETRAIN = (
     "[muse] PrivLeak is n/a: on local data it needs the retrained model's AUC; pass --retrain RETRAIN_MODEL "
     "(MUSE's published constants hold only for --data news or books)"
 )
-
-
-def privleak(auc_unlearned: float, auc_retrain: float) -> float:
-    """PrivLeak = (AUC_unlearned − AUC_retrain) / AUC_retrain × 100."""
-    if auc_retrain == 0:
-        raise ValueError("PrivLeak is undefined when AUC_retrain is 0")
-    return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
 
 
 def knowmem_prompt(icl: Sequence[Mapping[str, str]], question: str) -> str:
@@ -325,53 +287,6 @@ def cut_answer(text: str) -> str:
         if index != -1:
             cut = min(cut, index)
     return text[:cut]
-
-
-# ------------------------------------------------------------------------------------------- models
-
-
-@torch.no_grad()
-def mean_token_kl(
-    model: torch.nn.Module,
-    reference_model: torch.nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    batch_size: int = 8,
-    max_length: int | None = None,
-    desc: str = "KL",
-) -> float:
-    """Mean over all next-token positions of KL(p_reference ‖ p_model), in fp32.
-
-    KL(p_ref ‖ p_θ) = Σ_v p_ref(v) (log p_ref(v) − log p_θ(v)) at each position t = 0..n−2 of every text
-    (the positions that predict a token of the text), averaged over all positions of all texts. With
-    ``reference_model`` the retrained model this is KL(p_retrain ‖ p_unlearned): the gold model's
-    distribution is the "true" one and the unlearned model is scored on how well it covers it (the
-    distillation direction). Both models must share ``tokenizer``'s vocabulary.
-    """
-    model.eval()
-    reference_model.eval()
-    device, ref_device = model_device(model), model_device(reference_model)
-
-    def kl_sums(input_ids: torch.Tensor, attention: torch.Tensor, lengths: list[int]) -> list[tuple[float, int]]:
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        ref_logits = reference_model(input_ids=input_ids.to(ref_device), attention_mask=attention.to(ref_device)).logits
-        if logits.size(-1) != ref_logits.size(-1):
-            raise ValueError(f"vocabularies differ: {logits.size(-1)} vs {ref_logits.size(-1)} logits")
-        out = []
-        for row, n in enumerate(lengths):
-            log_q = F.log_softmax(logits[row, : n - 1].float(), dim=-1)
-            log_p = F.log_softmax(ref_logits[row, : n - 1].to(log_q.device).float(), dim=-1)
-            out.append((float((log_p.exp() * (log_p - log_q)).sum()), n - 1))
-        return out
-
-    sums = map_right_padded(tokenizer, texts, batch_size, max_length, desc, kl_sums)
-    total, count = 0.0, 0
-    for kl, positions in sums:  # summed in text order, as one pass over the batches would
-        total += kl
-        count += positions
-    if count == 0:
-        raise ValueError("mean_token_kl needs texts with at least two tokens")
-    return total / count
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -498,13 +413,9 @@ TABLE_COLUMNS = (
 
 def format_muse_table(results: dict[str, dict]) -> str:
     """A Markdown table: one row per model name, columns VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak, KL."""
-    return format_table(results, TABLE_COLUMNS)
+    return format_metrics_table(results, TABLE_COLUMNS)
 
 
 def write_results(results: dict[str, dict], json_path: str | Path, md_path: str | Path, note: str = "") -> None:
-    """Write ``results`` (model name -> :func:`evaluate_muse` dict) as JSON and as the Markdown table, atomically.
-
-    ``note`` (e.g. the command that produced the results) goes above the Markdown table.
-    """
-    atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=False) + "\n")
-    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + format_muse_table(results))
+    """Write ``results`` (model name -> :func:`evaluate_muse` dict) with the MUSE table (:func:`write_metrics`)."""
+    write_metrics(results, json_path, md_path, TABLE_COLUMNS, note)

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
+from unilogit.config import CONFIG_NAME
+from unilogit.errors import ConfigError
 from unilogit.io import atomic_write_text
-from unilogit.stage.args import ConfigError
 
-CONFIG_NAME = "unlearn_config.yaml"
 REPORT_NAME = "report.json"
 
 

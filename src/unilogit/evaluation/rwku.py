@@ -26,10 +26,7 @@ The prompts, decoding and scores follow docs/BENCHMARKS.md and RWKU's evaluation
 from __future__ import annotations
 
 import json
-import math
 import re
-import string
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,20 +34,21 @@ from typing import Any
 
 import torch
 
+from unilogit.errors import ConfigError
 from unilogit.evaluation.common import (
     check_records,
     completion_log_probs,
-    format_table,
     generate_greedy,
     mean_or_none,
-    min_k_score,
     next_token_logits,
     read_json_records,
-    rouge_l_recall,
     token_statistics,
 )
+from unilogit.evaluation.mia import min_k_plus_plus, min_k_score
+from unilogit.evaluation.results import format_metrics_table, write_metrics
+from unilogit.evaluation.text_overlap import rouge_l_recall, token_f1
+from unilogit.evaluation.utility import ngram_entropy, truthfulqa_mc1
 from unilogit.io import atomic_write_text
-from unilogit.stage.args import ConfigError
 
 # --------------------------------------------------------------------------------------------- data
 
@@ -311,7 +309,7 @@ def fluency_prompt(tokenizer: Any, instruction: str) -> str:
     return chat_prompt(tokenizer, f"Instruction: {instruction}\n")
 
 
-# ------------------------------------------------------------------------------------------ metrics
+# ------------------------------------------------------------------------------------------ scoring
 
 
 def probe_score(prediction: str, answer: str) -> float:
@@ -322,54 +320,6 @@ def probe_score(prediction: str, answer: str) -> float:
     """
     prediction = prediction.strip()
     return rouge_l_recall(prediction, answer) * 100 if prediction else 0.0
-
-
-def _normalize_answer(text: str) -> list[str]:
-    """SQuAD/TriviaQA normalization: lowercase, drop punctuation and articles, split on whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return re.sub(r"\b(a|an|the)\b", " ", text).split()
-
-
-def token_f1(prediction: str, answers: Sequence[str]) -> float:
-    """Max over the answers of the token F1 = 2PR/(P+R) between normalized tokens (1 if both are empty)."""
-    best = 0.0
-    pred = _normalize_answer(prediction)
-    for answer in answers:
-        ref = _normalize_answer(answer)
-        if not pred or not ref:
-            best = max(best, float(pred == ref))
-            continue
-        common = sum((Counter(pred) & Counter(ref)).values())
-        if common:
-            precision, recall = common / len(pred), common / len(ref)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
-_WORDS = re.compile(r"\w+|[^\w\s]")
-
-
-def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
-    """RWKU's fluency: mean over n of w_n · H_n, H_n = −Σ f log₂ f over the n-gram frequencies of ``text``.
-
-    Words are ``\\w+`` runs and single punctuation marks (RWKU uses nltk's word_tokenize, close to this).
-    A text with fewer than n words contributes H_n = 0.
-    """
-    words = _WORDS.findall(text)
-    parts = []
-    for n, weight in zip(ns, weights, strict=True):
-        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        total = sum(counts.values())
-        entropy = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
-        parts.append(weight * entropy)
-    return sum(parts) / len(parts)
-
-
-def min_k_plus_plus(log_probs: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, k: float = 0.2) -> float:
-    """Min-K%++: the mean of the m = max(1, ⌊k·n⌋) lowest (log p(x_t) − μ_t) / σ_t (higher: more "member")."""
-    scores = ((log_probs.double() - mu.double()) / sigma.double().clamp_min(1e-12)).flatten()
-    m = max(1, int(scores.numel() * k))
-    return float(torch.sort(scores).values[:m].mean())
 
 
 MIA_K = 0.2
@@ -422,11 +372,6 @@ def _mmlu(model, tokenizer, records: list[dict], batch_size: int) -> float | Non
     ids = [tokenizer(" " + letter, add_special_tokens=False)["input_ids"][-1] for letter in MMLU_CHOICES]
     predicted = logits[:, ids].argmax(dim=-1).tolist()
     return mean_or_none([100.0 * (p == int(r["answer"])) for p, r in zip(predicted, records, strict=True)])
-
-
-def truthfulqa_mc1(true_score: float, false_scores: Sequence[float]) -> float:
-    """MC1: 1 when the correct answer's log-likelihood beats every wrong one's, else 0."""
-    return float(true_score > max(false_scores))
 
 
 def _truthfulqa(model, tokenizer, records: list[dict], batch_size: int) -> float | None:
@@ -575,10 +520,9 @@ TABLE_COLUMNS = (
 
 def format_rwku_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table: one row per name, the forget, neighbor, MIA and utility columns."""
-    return format_table(results, TABLE_COLUMNS)
+    return format_metrics_table(results, TABLE_COLUMNS)
 
 
 def write_rwku_results(results: Mapping[str, Any], json_path: str | Path, md_path: str | Path, note: str = "") -> None:
-    """Write ``results`` (name -> metrics) as JSON and as the Markdown table, atomically."""
-    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
-    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + format_rwku_table(results))
+    """Write ``results`` (name -> metrics) with the RWKU table (:func:`write_metrics`)."""
+    write_metrics(results, json_path, md_path, TABLE_COLUMNS, note)

@@ -15,7 +15,7 @@ from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 from transformers import TrainerCallback
 
-from unilogit.evaluation.report import CONFIG_NAME
+from unilogit.config import CONFIG_NAME
 from unilogit.io import atomic_write_text
 
 TERM_KEYS = ("forget_loss", "retain_loss", "npo_log_ratio", "soft_target_kl")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from unilogit.stage.args import ConfigError
+from unilogit.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from llamafactory.data import Template
@@ -110,7 +110,7 @@ def load_split(
         ) from None
     except ValueError as err:  # a missing file, or a file with no records
         raise ConfigError(
-            f"{key}: {','.join(names)}: {str(err).splitlines()[0]} Fix file_name in "
+            f"{key}: {','.join(names)}: {first_line(err)} Fix file_name in "
             f"{data_args.dataset_dir}/dataset_info.json or give the file records"
         ) from None
     if block_size is not None:

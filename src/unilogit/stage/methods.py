@@ -1,7 +1,14 @@
 """The method registry: name → forget term, default retain term, hyperparameters.
 
+A method is one :class:`Method` entry in :data:`METHODS` (added with :func:`register`), beside its
+loss in :mod:`unilogit.losses`. Its hyperparameters are declared here, each as a
+:class:`Hyperparameter` (name, type, default, bound or choices, help in English and Chinese, widget);
+the config checks (:mod:`unilogit.stage.args`), the web panel's knobs, ``unilogit train --help`` and
+the table in ``docs/CONFIGURATION.md`` (:func:`hyperparameter_table`) are all derived from it.
+
 A forget term maps the current logits, the labels, what it needs of the reference model (``None``
-when it needs no reference) and the arguments to ``(loss, extra scalars to log)``. What it needs is
+when it needs no reference) and the arguments to ``(loss, extra scalars to log)``; it reads its
+hyperparameters as attributes of the arguments (``args.npo_beta``). What it needs is
 ``reference_statistic``: ``"rows"``, the reference logits at the supervised positions ``[N, V]``
 (distillation terms), or ``"sequence_nll"``, one reference NLL per sequence ``[B]`` (NPO); the
 trainer computes it under ``no_grad`` and drops the reference logits at once. ``reduction`` says how
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -38,6 +45,49 @@ ReferenceStatistic = Literal["rows", "sequence_nll"]
 SoftTarget = Callable[[torch.Tensor, torch.Tensor, "UnlearningArguments"], torch.Tensor]
 
 
+Widget = Literal["number", "dropdown", "checkbox", "textbox"]
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One config key of a method: its type, default and allowed values, its help, and its web panel field.
+
+    ``help`` and ``help_zh`` say what the key does without its bound or default, which are added where
+    they are shown (``--help``, the panel's tooltip, the docs table).
+    """
+
+    name: str
+    type: type
+    default: Any
+    label: str
+    label_zh: str
+    help: str
+    help_zh: str
+    low: float | None = None  # numbers: the lower bound
+    strict: bool = False  # numbers: the bound excludes ``low`` (> rather than >=)
+    choices: tuple[str, ...] = ()  # strings: the allowed values
+    widget: Widget = "number"
+
+    @property
+    def bound(self) -> str:
+        """A number's bound as the help shows it (``> 0``, ``≥ 0``), or ``""``."""
+        return "" if self.low is None else f"{'>' if self.strict else '≥'} {self.low:g}"
+
+    def info(self, lang: str) -> str:
+        """The panel's tooltip in ``lang`` ("en", or "zh" for Chinese): the help with the bound."""
+        if lang == "zh":
+            return f"{self.help_zh}（{self.bound}）。" if self.bound else f"{self.help_zh}。"
+        return f"{self.help} ({self.bound})." if self.bound else f"{self.help}."
+
+    def values(self) -> str:
+        """The allowed values and the default in words: ``a number > 0 (default 0.1)``, ``a | b (default a)``."""
+        if self.choices:
+            kind = " | ".join(self.choices)
+        else:
+            kind = {float: "a number", int: "a whole number", bool: "true | false", str: "a string"}[self.type]
+        return f"{kind}{' ' + self.bound if self.bound else ''} (default {self.default})"
+
+
 @dataclass(frozen=True)
 class Method:
     """One unlearning method."""
@@ -46,7 +96,7 @@ class Method:
     forget_term: ForgetTerm
     reduction: Literal["token", "sequence"]
     default_retain_loss: Literal["nll", "kl"]
-    hyperparameters: tuple[str, ...]
+    hyperparameters: tuple[Hyperparameter, ...]
     needs_forget_reference: Callable[[UnlearningArguments], bool]
     summary: str
     reference_statistic: ReferenceStatistic = "rows"
@@ -98,48 +148,167 @@ def _unilogit_needs_reference(args: UnlearningArguments) -> bool:
     return args.unilogit_target == "initial"
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("ga", _ga, "token", "nll", (), _never, "gradient ascent on the forget NLL"),
-        Method(
-            "npo",
-            _npo,
-            "sequence",
-            "nll",
-            ("npo_beta",),
-            _always,
-            "negative preference optimisation",
-            reference_statistic="sequence_nll",
+METHODS: dict[str, Method] = {}  # filled by register(), the built-in methods below first
+
+BUILT_IN_METHODS = (
+    Method("ga", _ga, "token", "nll", (), _never, "gradient ascent on the forget NLL"),
+    Method(
+        "npo",
+        _npo,
+        "sequence",
+        "nll",
+        (
+            Hyperparameter(
+                "npo_beta",
+                float,
+                0.1,
+                label="NPO β",
+                label_zh="NPO β",
+                help="NPO's inverse temperature β: larger β keeps the model nearer the reference",
+                help_zh="NPO 的逆温度 β：β 越大，模型越接近参考模型",
+                low=0.0,
+                strict=True,
+            ),
         ),
-        Method(
-            "simnpo",
-            _simnpo,
-            "sequence",
-            "nll",
-            ("simnpo_beta", "simnpo_delta"),
-            _never,
-            "reference-free, length-normalised NPO",
+        _always,
+        "negative preference optimisation",
+        reference_statistic="sequence_nll",
+    ),
+    Method(
+        "simnpo",
+        _simnpo,
+        "sequence",
+        "nll",
+        (
+            Hyperparameter(
+                "simnpo_beta",
+                float,
+                4.5,
+                label="SimNPO β",
+                label_zh="SimNPO β",
+                help="SimNPO's inverse temperature β on the length-normalised NLL",
+                help_zh="SimNPO 在按长度归一化的负对数似然上的逆温度 β",
+                low=0.0,
+                strict=True,
+            ),
+            Hyperparameter(
+                "simnpo_delta",
+                float,
+                0.0,
+                label="SimNPO δ",
+                label_zh="SimNPO δ",
+                help="SimNPO's reward margin δ",
+                help_zh="SimNPO 的奖励间隔 δ",
+                low=0.0,
+            ),
         ),
-        Method(
-            "undial",
-            _undial,
-            "token",
-            "nll",
-            ("undial_gamma",),
-            _always,
-            "self-distillation with adjusted logits",
-            soft_target=_undial_target,
+        _never,
+        "reference-free, length-normalised NPO",
+    ),
+    Method(
+        "undial",
+        _undial,
+        "token",
+        "nll",
+        (
+            Hyperparameter(
+                "undial_gamma",
+                float,
+                10.0,
+                label="UnDIAL γ",
+                label_zh="UnDIAL γ",
+                help="UnDIAL's γ: how far the label's logit is lowered in its teacher",
+                help_zh="UnDIAL 的 γ：在教师分布中将标签 logit 降低的幅度",
+                low=0.0,
+            ),
         ),
-        Method(
-            "unilogit",
-            _unilogit,
-            "token",
-            "kl",
-            ("unilogit_target", "unilogit_divergence"),
-            _unilogit_needs_reference,
-            "self-distillation toward the model's own distribution with the label at 1/|V|",
-            soft_target=_unilogit_target,
+        _always,
+        "self-distillation with adjusted logits",
+        soft_target=_undial_target,
+    ),
+    Method(
+        "unilogit",
+        _unilogit,
+        "token",
+        "kl",
+        (
+            Hyperparameter(
+                "unilogit_target",
+                str,
+                "current",
+                label="Unilogit target source",
+                label_zh="Unilogit 目标来源",
+                help="Where Unilogit's target distribution comes from: current (the model itself, as in the "
+                "paper) or initial (the starting model θ_o, an ablation)",
+                help_zh="目标分布的来源：current（当前模型本身，论文设置）或 initial（初始模型 θ_o，消融实验）",
+                choices=("current", "initial"),
+                widget="dropdown",
+            ),
+            Hyperparameter(
+                "unilogit_divergence",
+                str,
+                "reverse",
+                label="Unilogit divergence",
+                label_zh="Unilogit 散度",
+                help="Unilogit's forget divergence: reverse, KL(p_θ ‖ target), as in the paper; forward, "
+                "KL(target ‖ p_θ), an ablation",
+                help_zh="Unilogit 的遗忘散度：reverse，KL(p_θ ‖ 目标)，论文设置；forward，KL(目标 ‖ p_θ)，消融实验",
+                choices=("reverse", "forward"),
+                widget="dropdown",
+            ),
         ),
-    )
-}
+        _unilogit_needs_reference,
+        "self-distillation toward the model's own distribution with the label at 1/|V|",
+        soft_target=_unilogit_target,
+    ),
+)
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS`, so that ``unlearn_method: <name>`` trains it and its hyperparameters
+    join the config checks, ``unilogit train --help``, the web panel and :func:`hyperparameter_table`.
+
+    Raises ``ValueError`` for a name that is taken, a hyperparameter whose name another method or the stage
+    already uses, or a default that its own declaration refuses. Returns ``method``.
+    """
+    from unilogit.stage.args import STAGE_KEYS, check_hyperparameter
+
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is registered already")
+    taken = set(STAGE_KEYS) | {hp.name for hp in all_hyperparameters()}
+    for hp in method.hyperparameters:
+        if hp.name in taken:
+            raise ValueError(f"{method.name}: the key {hp.name!r} is taken; prefix it with the method's name")
+        fits = {
+            "number": hp.type in (float, int),
+            "dropdown": hp.type is str and bool(hp.choices),
+            "checkbox": hp.type is bool,
+            "textbox": hp.type is str and not hp.choices,
+        }
+        if not fits.get(hp.widget):
+            raise ValueError(
+                f"{method.name}: {hp.name} is a {hp.type.__name__} shown as a {hp.widget}; use a float or int as a "
+                "number, a str with choices as a dropdown, a bool as a checkbox, or a str as a textbox"
+            )
+        check_hyperparameter(hp, hp.default)
+    METHODS[method.name] = method
+    return method
+
+
+def all_hyperparameters() -> list[Hyperparameter]:
+    """Every registered method's hyperparameters, in the order of :data:`METHODS`."""
+    return [hp for method in METHODS.values() for hp in method.hyperparameters]
+
+
+def hyperparameter_table() -> str:
+    """The Markdown table of every method's hyperparameters, as ``docs/CONFIGURATION.md`` shows it."""
+    rows = ["| key | method | values | meaning |", "|---|---|---|---|"]
+    for method in METHODS.values():
+        for hp in method.hyperparameters:
+            cells = (f"`{hp.name}`", method.name, hp.values(), hp.help)
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+for _method in BUILT_IN_METHODS:
+    register(_method)

@@ -36,7 +36,7 @@ from transformers import TrainerCallback
 from typing_extensions import override
 
 from unilogit import losses
-from unilogit.stage.args import ConfigError, TrainingDiverged
+from unilogit.errors import ConfigError, TrainingDiverged
 from unilogit.stage.data import FORGET, RETAIN, PairedDataset
 
 if TYPE_CHECKING:

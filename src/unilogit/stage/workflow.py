@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unilogit.stage.args import ConfigError, TrainingInterrupted
+from unilogit.errors import ConfigError, TrainingInterrupted, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ def run_unlearn(
         template = get_template_and_fix_tokenizer(tokenizer, data_args)
     except ValueError as err:  # an unknown template name, or one the tokenizer cannot carry
         raise ConfigError(
-            f"template: {data_args.template!r}: {str(err).splitlines()[0]} Use the template of the model's chat "
+            f"template: {data_args.template!r}: {first_line(err)} Use the template of the model's chat "
             "format (llamafactory's TEMPLATES, e.g. chatml, llama3, qwen)"
         ) from None
     added = sorted(set(tokenizer.get_vocab()) - known)
@@ -211,10 +211,9 @@ def load_soft_target_model(name: str, model: torch.nn.Module, model_args: ModelA
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"soft_target_kl_model: {name!r} could not be loaded ({first}); use the retrained model's folder, "
-            "hub id or alias"
+            f"soft_target_kl_model: {name!r} could not be loaded ({first_line(err)}); use the retrained model's "
+            "folder, hub id or alias"
         ) from None
     ours, theirs = model.get_output_embeddings().weight.size(0), retrain.get_output_embeddings().weight.size(0)
     if ours != theirs:

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unilogit.stage.args import UNLEARNING_KEYS, ConfigError, nearest_key
+from unilogit.config import load_config, nearest_key
+from unilogit.errors import ConfigError, first_line
+from unilogit.stage.args import unlearning_keys
 
 BENCHMARKS = ("muse", "rwku")
 DEFAULT_DATA = {"muse": "data/muse_mini", "rwku": "data/rwku_mini"}
@@ -181,9 +183,9 @@ def _check_config_key(where: str, key: str, config_keys: frozenset[str], benchma
     if key in RESERVED[benchmark]:
         raise ConfigError(f"{where}: {key} is set by the sweep for every point; remove it")
     # The framework's names cost an 8 s import; most grids name keys that are already in the method's YAML.
-    if key in config_keys or key in UNLEARNING_KEYS or key in _framework_keys():
+    if key in config_keys or key in unlearning_keys() or key in _framework_keys():
         return
-    hint = nearest_key(key, sorted(config_keys | set(UNLEARNING_KEYS) | _framework_keys()))
+    hint = nearest_key(key, sorted(config_keys | set(unlearning_keys()) | _framework_keys()))
     raise ConfigError(f"{where}: unknown config key {key!r}; " + (f"did you mean {hint!r}?" if hint else "remove it"))
 
 
@@ -229,14 +231,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}; fix the file") from None
     return _mapping(str(path), data)
 
 
 def _method(path: Path, name: Any, spec: Any, benchmark: str) -> Method:
-    from unilogit.cli import load_config
-
     where = f"{path}: methods.{name}"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"{where}: a method name must be letters, digits, '_', '.' or '-' (it names a folder)")

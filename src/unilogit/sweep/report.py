@@ -18,18 +18,18 @@ It reads ``SWEEP_DIR/sweep.csv`` and ``sweep.json`` (written by ``unilogit sweep
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unilogit.errors import ConfigError
 from unilogit.io import atomic_write_bytes, atomic_write_text
-from unilogit.stage.args import ConfigError
 from unilogit.sweep.config import REFERENCES
-from unilogit.sweep.runner import SWEEP_CSV, SWEEP_JSON, markdown_table, metric_columns
+from unilogit.sweep.runner import SWEEP_CSV, SWEEP_JSON, metric_columns, sweep_table
 
 REPORT_DIR = "report"
 MARKERS = {"target": "x", "retrain": "*", "before": "o"}
@@ -108,10 +108,10 @@ def _save(fig: Any, stem: Path) -> list[Path]:
     paths = []
     for fmt in ("png", "svg"):
         path = stem.parent / f"{stem.name}.{fmt}"
-        tmp = path.parent / f".{path.name}.tmp"
+        image = io.BytesIO()
         # No date in the SVG, so that the same sweep gives the same file.
-        fig.savefig(tmp, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
-        os.replace(tmp, path)
+        fig.savefig(image, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+        atomic_write_bytes(path, image.getvalue())
         paths.append(path)
     return paths
 
@@ -302,7 +302,7 @@ def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict], 
              f"`{meta.get('data')}`, {len(points)} finished points.", "", f"**Rule:** per method, the {rule}.", "",
              "## Best point per method", ""]  # fmt: skip
     chosen = [best[m] or {"method": m, "point": "none meets the rule"} for m in best]
-    lines += [markdown_table(chosen, ["method", "point", *metrics], benchmark), "## Dominated points", ""]
+    lines += [sweep_table(chosen, ["method", "point", *metrics], benchmark), "## Dominated points", ""]
     lines += ["A point is dominated when another point of the sweep (any method) is at least as good on both axes of "
               "a plot (higher retain, lower forget) and better on one.", ""]  # fmt: skip
     for plot in PLOTS[benchmark]:
@@ -311,7 +311,7 @@ def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict], 
         lines += [f"- {kept[i]['point']}" for i in dominated(xy)] or ["- none"]
         lines.append("")
     header = list(rows[0]) if rows else ["method", "point", *metrics]
-    lines += ["## All points", "", markdown_table(rows, header, benchmark)]
+    lines += ["## All points", "", sweep_table(rows, header, benchmark)]
     return "\n".join(lines)
 
 

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unilogit.errors import ConfigError
+from unilogit.evaluation.results import format_cell, markdown_table
 from unilogit.io import atomic_write_text
-from unilogit.stage.args import UNLEARNING_KEYS, ConfigError
+from unilogit.stage.args import unlearning_keys
 from unilogit.sweep.config import REFERENCES, Point, Sweep, format_value, load_sweep
 
 SWEEP_JSON, SWEEP_CSV, SWEEP_MD = "sweep.json", "sweep.csv", "sweep.md"
@@ -168,7 +170,7 @@ def _models(sweep: Sweep) -> dict[str, str]:
 
     # The pt stage that trains target and retrain has no unlearning keys; --quick's overrides are left out
     # so that a smoke run reuses the cached models instead of training new ones.
-    shared = [item for item in sweep.overrides if item.split("=", 1)[0].strip() not in UNLEARNING_KEYS]
+    shared = [item for item in sweep.overrides if item.split("=", 1)[0].strip() not in unlearning_keys()]
     return {name: str(path) for name, path in prepare(shared).items()}
 
 
@@ -290,18 +292,17 @@ def table_header(sweep: Sweep) -> list[str]:
     return ["method", "point", *hyper, *(key for _, key, _ in metric_columns(sweep.benchmark))]
 
 
-def markdown_table(rows: list[dict[str, Any]], header: list[str], benchmark: str) -> str:
+def sweep_table(rows: list[dict[str, Any]], header: list[str], benchmark: str) -> str:
     """``rows`` as a Markdown table: metric columns under their titles and formats, the others as text."""
     formats = {key: (title, fmt) for title, key, fmt in metric_columns(benchmark)}
 
     def cell(key: str, value: Any) -> str:
-        if value is None or value == "":
-            return "" if key not in formats else "n/a"
-        return formats[key][1].format(value) if key in formats else str(value)
+        if key in formats:
+            return format_cell(value, formats[key][1])
+        return "" if value is None else str(value)
 
-    lines = ["| " + " | ".join(formats.get(key, (key,))[0] for key in header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(cell(key, row.get(key)) for key in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    titles = [formats.get(key, (key,))[0] for key in header]
+    return markdown_table(titles, ([cell(key, row.get(key)) for key in header] for row in rows))
 
 
 def write_table(sweep: Sweep) -> tuple[Path, Path]:
@@ -317,12 +318,13 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
     note = (
         f"Sweep `{sweep.path}` ({sweep.benchmark}, data {sweep.data}): {done} of {len(sweep.points)} points finished."
     )
-    atomic_write_text(md_path, f"{note}\n\n" + markdown_table(rows, header, sweep.benchmark))
+    atomic_write_text(md_path, f"{note}\n\n" + sweep_table(rows, header, sweep.benchmark))
     return csv_path, md_path
 
 
 def main(argv: list[str]) -> int:
-    """``unilogit sweep SWEEP.yaml [--jobs N] [--quick]``; returns the exit code."""
+    """``unilogit sweep SWEEP.yaml [--jobs N] [--quick]``: train and evaluate every point of a sweep, N at once,
+    skipping the finished ones, and write sweep.csv and sweep.md. Returns the exit code: 1 if a point failed."""
     from unilogit.benchmarks.commands import CommandParser, positive_int
 
     parser = CommandParser(prog="unilogit sweep", description=main.__doc__)

@@ -46,14 +46,7 @@ def install() -> None:
     from llamafactory.webui.locales import LOCALES
 
     from unilogit.models import DEFAULT_MODEL
-    from unilogit.webui.locales import PANEL_LOCALES, complete
     from unilogit.webui.progress import loss_plot
-
-    clashes = set(PANEL_LOCALES) & set(LOCALES)
-    if clashes:
-        raise RuntimeError(f"llamafactory's LOCALES already has {sorted(clashes)}; rename the panel's components")
-    languages = list(LOCALES["lang"])
-    LOCALES.update(complete(PANEL_LOCALES, languages))
 
     _put_first(TRAINING_STAGES, "Unlearning", "unlearn")
     _put_first(SUPPORTED_MODELS, EMBEDDED_MODEL, {DownloadSource.DEFAULT: DEFAULT_MODEL})
@@ -61,6 +54,7 @@ def install() -> None:
     train_tab.DEFAULT_DATA_DIR = eval_tab.DEFAULT_DATA_DIR = default_data_dir()
 
     _ORIGINAL.update(
+        locale_names=frozenset(LOCALES),
         create_train_tab=interface.create_train_tab,
         initialize=runner.Runner._initialize,
         parse_train_args=runner.Runner._parse_train_args,
@@ -97,12 +91,13 @@ def run_web_ui() -> None:
 
 
 def default_data_dir() -> str:
-    """``data`` in the working folder when it has a ``dataset_info.json``, else this checkout's data folder."""
-    from unilogit.benchmarks.commands import ROOT
+    """``data`` in the working folder when it has a ``dataset_info.json``, else the project's data folder."""
+    from unilogit.paths import project_root
 
-    if Path("data/dataset_info.json").is_file() or not (ROOT / "data" / "dataset_info.json").is_file():
+    shipped = project_root() / "data"
+    if Path("data/dataset_info.json").is_file() or not (shipped / "dataset_info.json").is_file():
         return "data"
-    return str(ROOT / "data")
+    return str(shipped)
 
 
 def _put_first(mapping: dict[str, Any], key: str, value: Any) -> None:
@@ -116,14 +111,15 @@ def _put_first(mapping: dict[str, Any], key: str, value: Any) -> None:
 def _create_train_tab(engine: Any) -> dict[str, Any]:
     """llamafactory's Train tab with the Unlearning panel under its stage and dataset row, and the Evaluate
     block under the run's output."""
-    from unilogit.webui.panel import PANEL_KEYS, bind_unlearn_panel, create_unlearn_panel
+    from unilogit.webui.panel import bind_unlearn_panel, create_unlearn_panel, panel_keys
 
+    _add_locales()
     manager = engine.manager
     unlearn_tab, eval_tab, elems = create_unlearn_panel()
     # create_train_tab hands the set from get_base_elems() to the Preview/Save/Load/Start buttons; adding
     # our fields to it is what makes those buttons read and restore them.
     base_elems = manager.get_base_elems
-    manager.get_base_elems = lambda: base_elems() | {elems[key] for key in PANEL_KEYS}
+    manager.get_base_elems = lambda: base_elems() | {elems[key] for key in panel_keys()}
     try:
         train_elems = _ORIGINAL["create_train_tab"](engine)
     finally:
@@ -138,6 +134,20 @@ def _create_train_tab(engine: Any) -> dict[str, Any]:
     _new_user_defaults(manager, train_elems)
     bind_unlearn_panel(engine, (unlearn_tab, eval_tab), elems, train_elems)
     return {**train_elems, "unlearn_tab": unlearn_tab, "unlearn_eval_tab": eval_tab, **elems}
+
+
+def _add_locales() -> None:
+    """Put the panel's labels and tooltips into LLaMA Board's ``LOCALES``, at every build of the UI, so that a
+    method registered since the last build brings its knobs' texts."""
+    from llamafactory.webui.locales import LOCALES
+
+    from unilogit.webui.locales import complete, panel_locales
+
+    entries = panel_locales()
+    clashes = set(entries) & _ORIGINAL["locale_names"]
+    if clashes:
+        raise RuntimeError(f"llamafactory's LOCALES already has {sorted(clashes)}; rename the panel's components")
+    LOCALES.update(complete(entries, list(LOCALES["lang"])))
 
 
 def _new_user_defaults(manager: Any, train_elems: dict[str, Any]) -> None:
@@ -167,9 +177,9 @@ def _place_after(block: Any, inner: Any) -> None:
 
 
 def _panel_values(runner: Any, data: dict[Any, Any]) -> dict[str, Any]:
-    from unilogit.webui.panel import PANEL_KEYS
+    from unilogit.webui.panel import panel_keys
 
-    return {key: data[runner.manager.get_elem_by_id(f"train.{key}")] for key in PANEL_KEYS}
+    return {key: data[runner.manager.get_elem_by_id(f"train.{key}")] for key in panel_keys()}
 
 
 def _is_unlearn(runner: Any, data: dict[Any, Any]) -> bool:
@@ -181,7 +191,7 @@ def _is_unlearn(runner: Any, data: dict[Any, Any]) -> bool:
 def _initialize(self: Any, data: dict[Any, Any], do_train: bool, from_preview: bool) -> str:
     """LLaMA Board's checks, then the CLI's checks of the unlearning keys; an error is shown in the page and in
     a toast, both of which render HTML, so it is escaped to read as the CLI writes it."""
-    from unilogit.stage.args import ConfigError
+    from unilogit.errors import ConfigError
     from unilogit.webui.markup import escape
     from unilogit.webui.panel import max_steps_config, unlearning_config
 

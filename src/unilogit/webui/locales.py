@@ -2,12 +2,16 @@
 
 LLaMA Board looks every component up by its short name in one ``LOCALES`` dict when the language
 changes, and every entry must cover every language of its language picker. We write English and
-Chinese; :func:`complete` fills the other languages with the English text.
+Chinese; :func:`complete` fills the other languages with the English text. The texts of a method's
+knobs come from its declaration in the method registry (:func:`knob_texts`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unilogit.stage.methods import Hyperparameter
 
 PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "unlearn_tab": {
@@ -48,46 +52,6 @@ PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "retain_weight": {
         "en": {"label": "Retain weight λ", "info": "Weight of the retain term: loss = forget + λ · retain (λ ≥ 0)."},
         "zh": {"label": "保留权重 λ", "info": "保留项的权重：损失 = 遗忘项 + λ · 保留项（λ ≥ 0）。"},
-    },
-    "npo_beta": {
-        "en": {
-            "label": "NPO β",
-            "info": "NPO's inverse temperature (> 0): larger β keeps the model nearer the reference.",
-        },
-        "zh": {"label": "NPO β", "info": "NPO 的逆温度（> 0）：β 越大，模型越接近参考模型。"},
-    },
-    "simnpo_beta": {
-        "en": {"label": "SimNPO β", "info": "SimNPO's inverse temperature on the length-normalised NLL (> 0)."},
-        "zh": {"label": "SimNPO β", "info": "SimNPO 在按长度归一化的负对数似然上的逆温度（> 0）。"},
-    },
-    "simnpo_delta": {
-        "en": {"label": "SimNPO δ", "info": "SimNPO's reward margin (≥ 0)."},
-        "zh": {"label": "SimNPO δ", "info": "SimNPO 的奖励间隔（≥ 0）。"},
-    },
-    "undial_gamma": {
-        "en": {"label": "UnDIAL γ", "info": "How far UnDIAL lowers the label's logit in its teacher (≥ 0)."},
-        "zh": {"label": "UnDIAL γ", "info": "UnDIAL 在教师分布中将标签 logit 降低的幅度（≥ 0）。"},
-    },
-    "unilogit_target": {
-        "en": {
-            "label": "Unilogit target source",
-            "info": "Where the target distribution comes from: current (the model itself, as in the paper) or "
-            "initial (the starting model, an ablation).",
-        },
-        "zh": {
-            "label": "Unilogit 目标来源",
-            "info": "目标分布的来源：current（当前模型本身，论文设置）或 initial（初始模型，消融实验）。",
-        },
-    },
-    "unilogit_divergence": {
-        "en": {
-            "label": "Unilogit divergence",
-            "info": "reverse: KL(p_θ ‖ target), as in the paper; forward: KL(target ‖ p_θ), an ablation.",
-        },
-        "zh": {
-            "label": "Unilogit 散度",
-            "info": "reverse：KL(p_θ ‖ 目标)，论文设置；forward：KL(目标 ‖ p_θ)，消融实验。",
-        },
     },
     "ref_offload": {
         "en": {
@@ -167,3 +131,15 @@ PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
 def complete(entries: dict[str, dict[str, dict[str, Any]]], languages: list[str]) -> dict[str, dict[str, Any]]:
     """Give every entry every language in ``languages``, falling back to its English text."""
     return {name: {lang: texts.get(lang, texts["en"]) for lang in languages} for name, texts in entries.items()}
+
+
+def knob_texts(hp: Hyperparameter) -> dict[str, dict[str, str]]:
+    """The label and tooltip of a method's knob, in English and Chinese, from its declaration."""
+    return {"en": {"label": hp.label, "info": hp.info("en")}, "zh": {"label": hp.label_zh, "info": hp.info("zh")}}
+
+
+def panel_locales() -> dict[str, dict[str, dict[str, str]]]:
+    """Every entry of the panel: :data:`PANEL_LOCALES` and the knobs of every registered method."""
+    from unilogit.stage.methods import all_hyperparameters
+
+    return PANEL_LOCALES | {hp.name: knob_texts(hp) for hp in all_hyperparameters()}

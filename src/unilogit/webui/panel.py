@@ -3,7 +3,8 @@
 The panel's values become the ``unlearn`` keys of the run through :func:`unlearning_config`, which
 checks them with the CLI's own validation (``UnlearningArguments``), so the page and ``unilogit
 train`` accept and refuse exactly the same configurations. Its Max steps field is llamafactory's
-``max_steps`` (:func:`max_steps_config`).
+``max_steps`` (:func:`max_steps_config`). Each method's knobs are built from their declarations in the
+method registry (:mod:`unilogit.stage.methods`), so a registered method brings its own.
 """
 
 from __future__ import annotations
@@ -14,30 +15,33 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from unilogit.stage.args import (
-    DIVERGENCES,
-    RETAIN_LOSSES,
-    UNILOGIT_TARGETS,
-    UNLEARNING_KEYS,
-    ConfigError,
-    UnlearningArguments,
-    split_unlearning_args,
-)
-from unilogit.stage.methods import METHODS
+from unilogit.errors import ConfigError
+from unilogit.stage.args import RETAIN_LOSSES, STAGE_KEYS, UnlearningArguments, split_unlearning_args
+from unilogit.stage.methods import METHODS, Hyperparameter, all_hyperparameters
 from unilogit.webui.evaluate import BENCHMARKS, follow_evaluation, start_evaluation
-from unilogit.webui.locales import PANEL_LOCALES
+from unilogit.webui.locales import PANEL_LOCALES, knob_texts
 
 if TYPE_CHECKING:
     from gradio.components import Component
     from llamafactory.webui.engine import Engine
 
-DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(UnlearningArguments)}
-# The panel has a field for every unlearning key, named as the key; Save, Load and Start read these. Not for
-# soft_target_kl_model, a diagnostic of sweeps that needs a retrained model: it is set in the YAML.
-TRAIN_KEYS = tuple(key for key in UNLEARNING_KEYS if key != "soft_target_kl_model")
-METHOD_KEYS = tuple(key for method in METHODS.values() for key in method.hyperparameters)
-# The fields that Save, Load and Start read: the unlearning keys, and llamafactory's max_steps.
-PANEL_KEYS = (*TRAIN_KEYS, "max_steps")
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(UnlearningArguments) if f.name in STAGE_KEYS}
+
+
+def method_keys() -> tuple[str, ...]:
+    """The knobs of every registered method, read when the panel is built (a method registered later has none)."""
+    return tuple(hp.name for hp in all_hyperparameters())
+
+
+def train_keys() -> tuple[str, ...]:
+    """The panel has a field for every unlearning key, named as the key. Not for soft_target_kl_model, a
+    diagnostic of sweeps that needs a retrained model: it is set in the YAML."""
+    return tuple(key for key in STAGE_KEYS if key != "soft_target_kl_model") + method_keys()
+
+
+def panel_keys() -> tuple[str, ...]:
+    """The fields that Save, Load and Start read: the unlearning keys, and llamafactory's max_steps."""
+    return (*train_keys(), "max_steps")
 
 
 def unlearning_config(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,7 +79,7 @@ def max_steps_config(value: Any) -> dict[str, Any]:
 
 def _own_knobs(method: str) -> tuple[str, ...]:
     # An unknown method (say, from an edited saved config) has none; validation then names the method.
-    return METHODS[method].hyperparameters if method in METHODS else ()
+    return tuple(hp.name for hp in METHODS[method].hyperparameters) if method in METHODS else ()
 
 
 def _retain_loss_for(method: str) -> str:
@@ -84,12 +88,22 @@ def _retain_loss_for(method: str) -> str:
 
 def _method_fields(method: str) -> list[dict[str, Any]]:
     """Show only the knobs of the chosen method."""
-    return [gr.update(visible=key in _own_knobs(method)) for key in METHOD_KEYS]
+    return [gr.update(visible=key in _own_knobs(method)) for key in method_keys()]
 
 
-def _kw(name: str) -> dict[str, Any]:
+def _kw(name: str, texts: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A component's English texts (Chinese and the rest come with the language switch) and its DOM id."""
-    return {**PANEL_LOCALES[name]["en"], "elem_id": "unilogit-" + name.replace("_", "-")}
+    return {**(texts or PANEL_LOCALES[name]["en"]), "elem_id": "unilogit-" + name.replace("_", "-")}
+
+
+def _knob(hp: Hyperparameter, visible: bool) -> Component:
+    """A method's knob, the widget its declaration asks for, at its default."""
+    kw = {"value": hp.default, "visible": visible, **_kw(hp.name, knob_texts(hp)["en"])}
+    if hp.widget == "dropdown":
+        return gr.Dropdown(choices=list(hp.choices), **kw)
+    if hp.widget == "number":
+        return gr.Number(precision=0 if hp.type is int else None, **kw)
+    return {"checkbox": gr.Checkbox, "textbox": gr.Textbox}[hp.widget](**kw)
 
 
 def create_unlearn_panel() -> tuple[Any, Any, dict[str, Component]]:
@@ -110,10 +124,8 @@ def create_unlearn_panel() -> tuple[Any, Any, dict[str, Component]]:
                 "retain_weight": gr.Number(value=DEFAULTS["retain_weight"], **_kw("retain_weight")),
             }
         with gr.Row():
-            for key in ("npo_beta", "simnpo_beta", "simnpo_delta", "undial_gamma"):
-                elems[key] = gr.Number(value=DEFAULTS[key], visible=key in own, **_kw(key))
-            for key, options in (("unilogit_target", UNILOGIT_TARGETS), ("unilogit_divergence", DIVERGENCES)):
-                elems[key] = gr.Dropdown(choices=list(options), value=DEFAULTS[key], visible=key in own, **_kw(key))
+            for hp in all_hyperparameters():
+                elems[hp.name] = _knob(hp, visible=hp.name in own)
             elems["ref_offload"] = gr.Checkbox(value=DEFAULTS["ref_offload"], **_kw("ref_offload"))
             elems["max_steps"] = gr.Number(value=0, minimum=0, precision=0, **_kw("max_steps"))
             elems["tokenizer_name_or_path"] = gr.Textbox(scale=2, **_kw("tokenizer_name_or_path"))
@@ -146,7 +158,7 @@ def bind_unlearn_panel(
         list(blocks),
         queue=False,
     )
-    method.change(_method_fields, [method], [elems[key] for key in METHOD_KEYS], queue=False)
+    method.change(_method_fields, [method], [elems[key] for key in method_keys()], queue=False)
     # On user input only: a loaded config changes the method too and must keep its own retain loss.
     method.input(_retain_loss_for, [method], [elems["retain_loss"]], queue=False)
     elems["retain_dataset"].focus(

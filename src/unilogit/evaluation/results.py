@@ -1,0 +1,51 @@
+"""Results files and Markdown tables: the one table writer and the one results writer of the package.
+
+A results file maps a row name (a model, a method) to its metrics; it is written as JSON and as a
+Markdown table beside it, each atomically (:mod:`unilogit.io`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from unilogit.io import atomic_write_text
+
+Columns = Sequence[tuple[str, str, str]]  # (title, metric key, format)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: Collection[int] = ()) -> str:
+    """A Markdown table of ``header`` and the cells of ``rows``; the columns at indices ``right`` align right."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "".join("---:|" if i in right else "---|" for i in range(len(header))),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_cell(value: Any, fmt: str) -> str:
+    """A metric value in ``fmt`` (e.g. ``"{:.1f}"``), ``n/a`` for None or NaN (a metric that was not computed)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def format_metrics_table(results: Mapping[str, Mapping[str, Any]], columns: Columns) -> str:
+    """One row per name in ``results`` (column ``model``), one column per ``(title, key, format)``."""
+    rows = ([name, *(format_cell(row.get(key), fmt) for _, key, fmt in columns)] for name, row in results.items())
+    return markdown_table(["model", *(title for title, _, _ in columns)], rows)
+
+
+def write_metrics(
+    results: Mapping[str, Any], json_path: str | Path, md_path: str | Path, columns: Columns, note: str = ""
+) -> None:
+    """Write ``results`` (name -> metrics) as JSON and as :func:`format_metrics_table`, each atomically.
+
+    ``note`` (e.g. the command that produced the results) goes above the Markdown table.
+    """
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + format_metrics_table(results, columns))
