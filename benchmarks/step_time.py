@@ -440,7 +440,7 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from unilogit.io import atomic_write_text
+    from unilogit.atomic import atomic_write_text
 
     raw: dict[str, Any] = {
         "steps": {mode: {} for mode in MODES},

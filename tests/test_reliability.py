@@ -342,7 +342,7 @@ def test_git_commit_reads_a_branch_a_packed_ref_and_a_detached_head(tmp_path: Pa
 
 def test_a_crash_before_the_rename_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed between writing the temporary file and renaming it: the old result stays, no stray file is left."""
-    from unilogit.io import atomic_write_text
+    from unilogit.atomic import atomic_write_text
 
     path = tmp_path / "results.json"
     atomic_write_text(path, '{"old": 1}')

@@ -19,7 +19,7 @@ from conftest import ROOT
 from unilogit import cli
 from unilogit.errors import ConfigError
 from unilogit.sweep.config import Point, expand_grid, load_sweep
-from unilogit.sweep.report import best_points, dominated, pareto_front, write_report
+from unilogit.sweep.pareto import best_points, dominated, pareto_front, write_report
 from unilogit.sweep.runner import child_env, point_commands, point_folder, reference_commands, run_sweep
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rwku"
@@ -381,7 +381,7 @@ def _trainer_log(folder: Path, values: list[float]) -> None:
 
 
 def test_report_draws_the_soft_target_kl_per_epoch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from unilogit.sweep.report import soft_target_curves
+    from unilogit.sweep.pareto import soft_target_curves
 
     sweep_dir = _handmade_muse_sweep(tmp_path / "muse-mini")
     _trainer_log(sweep_dir / "a" / "learning_rate=0.001" / "model", [0.8, 0.6, 0.5])

@@ -228,16 +228,16 @@ def test_unlearning_config_uses_the_cli_rules() -> None:
 
 
 def test_evaluate_benchmark_command_and_error(tmp_path: Path) -> None:
-    from unilogit.webui.evaluate import BENCHMARKS, follow_evaluation, start_evaluation
+    from unilogit.webui.evaluate import benchmarks, follow_evaluation, start_evaluation
 
-    muse = BENCHMARKS["MUSE"]
-    argv = muse.argv("saves/run", "", "saves/retrain", " 2", overwrite=True)
+    muse = benchmarks()["MUSE"]
+    argv = muse.eval_argv("saves/run", "", "saves/retrain", " 2", overwrite=True)
     assert argv == [
         "eval", "muse", "--model", "saves/run", "--data", "data/muse_mini",
         "--retrain", "saves/retrain", "--max-examples", "2", "--overwrite",
     ]  # fmt: skip
     missing = str(tmp_path / "no-run")
-    job, already = start_evaluation(muse, muse.argv(missing, "", None, "0", overwrite=False), missing)
+    job, already = start_evaluation(muse, muse.eval_argv(missing, "", None, "0", overwrite=False), missing)
     *_, (text, ok) = follow_evaluation(job, every_s=0.2)
     assert not already and ok is False and job.code == 2
     first = html.unescape(text.splitlines()[0])
@@ -270,16 +270,16 @@ def test_evaluation_outlives_its_page(tiny_model_dir: str, tmp_path: Path) -> No
     evaluation goes on, a second Evaluate finds it running, and a reopened page gets its table."""
     import shutil
 
-    from unilogit.webui.evaluate import BENCHMARKS, follow_evaluation, latest_evaluation, start_evaluation
+    from unilogit.webui.evaluate import benchmarks, follow_evaluation, latest_evaluation, start_evaluation
 
-    rwku = BENCHMARKS["RWKU"]
+    rwku = benchmarks()["RWKU"]
     fixtures = str(Path(__file__).parent / "fixtures" / "rwku")
-    assert rwku.argv("saves/run", fixtures, "saves/retrain", "", overwrite=False) == [
+    assert rwku.eval_argv("saves/run", fixtures, "saves/retrain", "", overwrite=False) == [
         "eval", "rwku", "--model", "saves/run", "--data", fixtures,
     ]  # fmt: skip
     run = tmp_path / "run"
     shutil.copytree(tiny_model_dir, run)
-    job, already = start_evaluation(rwku, rwku.argv(str(run), fixtures, None, "1", overwrite=False), str(run))
+    job, already = start_evaluation(rwku, rwku.eval_argv(str(run), fixtures, None, "1", overwrite=False), str(run))
     page = follow_evaluation(job)
     text, ok = next(page)
     assert not already and ok is None and "RWKU" in text and "0:00:0" in text
@@ -294,10 +294,12 @@ def test_evaluation_outlives_its_page(tiny_model_dir: str, tmp_path: Path) -> No
 
 
 def test_reopened_page_shows_the_last_evaluation(ui: dict[str, Any], tmp_path: Path) -> None:
-    from unilogit.webui.evaluate import BENCHMARKS, start_evaluation
+    from unilogit.webui.evaluate import benchmarks, start_evaluation
 
     missing = str(tmp_path / "no-run")
-    job, _ = start_evaluation(BENCHMARKS["MUSE"], ["eval", "muse", "--model", missing, "--max-examples", "0"], missing)
+    job, _ = start_evaluation(
+        benchmarks()["MUSE"], ["eval", "muse", "--model", missing, "--max-examples", "0"], missing
+    )
     job.wait(120)
     (resume,) = [fn for fn in ui["demo"].fns.values() if fn.name == "_resume"]
     *_, last = resume.fn()

@@ -12,25 +12,21 @@ import os
 import sys
 from pathlib import Path
 
+from unilogit.benchmarks.registry import BENCHMARKS
 from unilogit.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 
-USAGE = """usage: unilogit <command> [args]
+# Each benchmark's lines (`eval NAME ...`, `NAME SUBCOMMAND ...`) come from its descriptor.
+USAGE = (
+    """usage: unilogit <command> [args]
 
 commands:
   train CONFIG.yaml [key=value ...]   train; stage: unlearn runs unlearning, other stages go to llamafactory
   report OUTPUT_DIR [--overwrite]     forget/retain NLL of an unlearn run vs its initial model, as a table
   sweep SWEEP.yaml [--jobs N] [--quick] hyperparameter sweep, resumable, N points at once; writes sweep.csv/.md
   report SWEEP_DIR                    Pareto plots, KL figure and best point per method of a sweep (has sweep.json)
-  eval muse --model M [--retrain R]   MUSE metrics (VerbMem, KnowMem, PrivLeak, KL to retrain); --help for more
-  muse prepare [--data FOLDER] [key=value ...]
-                                      train (or reuse from the cache) the MUSE target and retrain models
-  muse datasets FOLDER                register a local MUSE folder's raw/forget and raw/retain1 for unlearning
-  muse export news|books FOLDER       download a MUSE hub dataset once into a local folder (needs network)
-  muse table RESULTS.json ...         merge eval muse results into one table
-  eval rwku --model M [--targets 1-8] RWKU metrics per target (forget/neighbor probes, MIA, utility); --help
-  rwku run CONFIG.yaml --output DIR   RWKU's target-wise loop: unlearn each target from the original model, evaluate
-  rwku export FOLDER                  download RWKU's evaluation sets and corpora once into a local folder
-  rwku table RESULTS.json ...         merge eval rwku / rwku run results into one table
+"""
+    + "".join(benchmark.usage for benchmark in BENCHMARKS.values())
+    + """\
   webui                               LLaMA Board with the Unlearning stage (GRADIO_SERVER_PORT sets the port)
   version                             print the unilogit and llamafactory versions
   help                                show this message
@@ -39,12 +35,13 @@ commands:
 
 Set UNILOGIT_DEBUG=1 to see full tracebacks for configuration errors.
 """
+)
 
 DELEGATED = ("chat", "export", "api", "webchat", "env", "eval")
 HELP_FLAGS = ("-h", "--help")
 # Commands whose --help is their lines of USAGE: those with subcommands (each subcommand has its own --help)
 # and those without options.
-SUMMARIZED = ("muse", "rwku", "eval", "webui", "version")
+SUMMARIZED = (*BENCHMARKS, "eval", "webui", "version")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,31 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             _install_stub()
             return sweep_main(argv)
         elif command == "report" and argv and (Path(argv[0]) / "sweep.json").is_file():
-            from unilogit.sweep.report import main as sweep_report
+            from unilogit.sweep.pareto import main as sweep_report
 
             sweep_report(argv)
         elif command == "report":
             _report(argv)
-        elif command == "eval" and argv[:1] == ["muse"]:
-            from unilogit.benchmarks.muse import evaluate
-
+        elif command == "eval" and argv[:1] and argv[0] in BENCHMARKS:
             _install_stub()
-            evaluate(argv[1:])
-        elif command == "muse":
-            from unilogit.benchmarks.muse import main as muse_main
-
+            BENCHMARKS[argv[0]].evaluate(argv[1:])
+        elif command in BENCHMARKS:
             _install_stub()
-            muse_main(argv)
-        elif command == "eval" and argv[:1] == ["rwku"]:
-            from unilogit.benchmarks.rwku import evaluate as evaluate_rwku
-
-            _install_stub()
-            evaluate_rwku(argv[1:])
-        elif command == "rwku":
-            from unilogit.benchmarks.rwku import main as rwku_main
-
-            _install_stub()
-            rwku_main(argv)
+            BENCHMARKS[command].main(argv)
         elif command == "webui":
             from unilogit.webui import run_web_ui
 
@@ -150,7 +133,7 @@ def _report(argv: list[str]) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report.json")
     args = parser.parse_args(argv)
     _install_stub()
-    from unilogit.evaluation.report import evaluate_run
+    from unilogit.evaluation.run_report import evaluate_run
 
     evaluate_run(args.output_dir, overwrite=args.overwrite)
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_tables, positive_int
+from unilogit.benchmarks.registry import MUSE
 from unilogit.errors import ConfigError
 from unilogit.paths import data_dir, project_root, saves_dir, shipped
 
-DEFAULT_DATA = "data/muse_mini"
 PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
-RESULTS_JSON, RESULTS_MD = "muse_results.json", "muse_results.md"
+# The default data and the results files are the descriptor's, which the sweeps and the web UI read too.
+DEFAULT_DATA, RESULTS_JSON, RESULTS_MD = MUSE.default_data, MUSE.results_json, MUSE.results_md
 # The names under which a local folder's raw/forget.json and raw/retain1.json are registered.
 LOCAL_FORGET, LOCAL_RETAIN = "muse_local_forget", "muse_local_retain"
 
@@ -35,8 +36,8 @@ def register_local(folder: str | Path) -> Path:
     and ``file_name``, and an absolute ``file_name`` wins) in a folder under ``saves/muse/datasets/`` keyed
     by the folder's path, and returns that folder, the ``dataset_dir`` to train with.
     """
+    from unilogit.atomic import atomic_write_text
     from unilogit.evaluation.muse import load_muse_split
-    from unilogit.io import atomic_write_text
 
     source = Path(folder).resolve()
     if not source.is_dir():
@@ -116,7 +117,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     args = parser.parse_args(argv)
 
-    output = Path(args.output) if args.output else Path(args.model) / "muse_eval"
+    output = Path(args.output) if args.output else Path(args.model) / MUSE.eval_folder
     if not args.output and not Path(args.model).is_dir():
         raise ConfigError("--output: the model is not a local folder, so say where the results go")
     if (output / RESULTS_JSON).exists() and not args.overwrite:

@@ -19,7 +19,7 @@ import json
 import random
 from pathlib import Path
 
-from unilogit.io import atomic_write_text
+from unilogit.atomic import atomic_write_text
 
 N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 4
 N_ICL = 10

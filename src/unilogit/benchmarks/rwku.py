@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_tables, positive_int
+from unilogit.benchmarks.registry import RWKU
 from unilogit.config import load_config
 from unilogit.errors import ConfigError
 from unilogit.launch import needs_torchrun, train
 from unilogit.paths import shipped
 
-DEFAULT_DATA = "data/rwku_mini"
-RESULTS_JSON, RESULTS_MD = "rwku_results.json", "rwku_results.md"
+# The default data and the results files are the descriptor's, which the sweeps and the web UI read too.
+DEFAULT_DATA, RESULTS_JSON, RESULTS_MD = RWKU.default_data, RWKU.results_json, RWKU.results_md
 # The forget corpus of each target: the text the model itself wrote about it. RWKU's own (Llama-3-8B-Instruct's)
 # on the hub and in folders laid out like it; the embedded model's where a folder holds that one.
 DEFAULT_CORPUS = "train_positive_llama3"
@@ -111,7 +112,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not args.output and not Path(args.model).is_dir():
         raise ConfigError("--output: the model is not a local folder, so say where the results go")
-    out = Path(args.output) if args.output else Path(args.model) / "rwku_eval"
+    out = Path(args.output) if args.output else Path(args.model) / RWKU.eval_folder
     if not args.overwrite:
         _refuse_existing(out / RESULTS_JSON, "pass --overwrite or choose another --output")
     data = shipped(args.data)
@@ -131,7 +132,7 @@ def _train(
     """Unlearn ``corpus`` from ``model`` with ``config``, in this process (in a fresh one under torchrun or
     DeepSpeed). ``retain`` records, when given, become its retain set: chats where they carry a ``prompt``,
     else raw text."""
-    from unilogit.io import atomic_write_text
+    from unilogit.atomic import atomic_write_text
 
     data_dir = folder / "data"
     sets = {"rwku_forget": ("forget.json", corpus), "rwku_retain": ("retain.json", retain)}
@@ -185,8 +186,8 @@ def _retain_texts(args: Any, data: str) -> list[dict] | None:
 
 def run(argv: list[str]) -> dict[str, Any]:
     """``unilogit rwku run CONFIG.yaml --model M [--targets 1-8] [--batch] [key=value ...]``: the target-wise loop."""
+    from unilogit.atomic import atomic_write_text
     from unilogit.evaluation.rwku import load_rwku_config
-    from unilogit.io import atomic_write_text
     from unilogit.models import eval_dtype
 
     parser = CommandParser(prog="unilogit rwku run", description=run.__doc__)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from unilogit.atomic import atomic_write_text
 from unilogit.evaluation.common import generate_greedy
 from unilogit.evaluation.rwku import (
     PROBE_STOPS,
@@ -39,7 +40,6 @@ from unilogit.evaluation.rwku import (
     probe_score,
     write_rwku_layout,
 )
-from unilogit.io import atomic_write_text
 
 CANDIDATES = Path(__file__).with_name("rwku_mini_candidates.json")
 CORPUS_CONFIG = "train_positive_smollm2"

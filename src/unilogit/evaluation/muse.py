@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from unilogit.atomic import atomic_write_text
 from unilogit.errors import ConfigError
 from unilogit.evaluation.common import (
     check_records,
@@ -45,7 +46,6 @@ from unilogit.evaluation.divergence import mean_token_kl
 from unilogit.evaluation.mia import auc, min_k_score, privleak
 from unilogit.evaluation.results import format_metrics_table, write_metrics
 from unilogit.evaluation.text_overlap import rouge_l_f1
-from unilogit.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------- data
 

@@ -1,7 +1,7 @@
 """Results files and Markdown tables: the one table writer and the one results writer of the package.
 
 A results file maps a row name (a model, a method) to its metrics; it is written as JSON and as a
-Markdown table beside it, each atomically (:mod:`unilogit.io`).
+Markdown table beside it, each atomically (:mod:`unilogit.atomic`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unilogit.io import atomic_write_text
+from unilogit.atomic import atomic_write_text
 
 Columns = Sequence[tuple[str, str, str]]  # (title, metric key, format)
 

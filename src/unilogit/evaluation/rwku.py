@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from unilogit.atomic import atomic_write_text
 from unilogit.errors import ConfigError
 from unilogit.evaluation.common import (
     check_records,
@@ -48,7 +49,6 @@ from unilogit.evaluation.mia import min_k_plus_plus, min_k_score
 from unilogit.evaluation.results import format_metrics_table, write_metrics
 from unilogit.evaluation.text_overlap import rouge_l_recall, token_f1
 from unilogit.evaluation.utility import ngram_entropy, truthfulqa_mc1
-from unilogit.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------- data
 

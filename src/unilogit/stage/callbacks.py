@@ -15,8 +15,8 @@ from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 from transformers import TrainerCallback
 
+from unilogit.atomic import atomic_write_text
 from unilogit.config import CONFIG_NAME
-from unilogit.io import atomic_write_text
 
 TERM_KEYS = ("forget_loss", "retain_loss", "npo_log_ratio", "soft_target_kl")
 RUN_INFO_NAME = "run_info.json"

@@ -2,7 +2,7 @@
 
 A sweep file is YAML with these keys (``benchmark``, ``output`` and ``methods`` are required)::
 
-    benchmark: muse | rwku
+    benchmark: muse | rwku          # a name in unilogit.benchmarks.registry.BENCHMARKS
     output: DIR                     # the sweep folder, relative to the current folder
     data: DIR                       # --data of the evaluator (default: the benchmark's mini data)
     overrides: [key=value, ...]     # for every training run
@@ -30,26 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unilogit.benchmarks.registry import BENCHMARKS, Benchmark
 from unilogit.config import load_config, nearest_key
 from unilogit.errors import ConfigError, first_line
 from unilogit.stage.args import unlearning_keys
 
-BENCHMARKS = ("muse", "rwku")
-DEFAULT_DATA = {"muse": "data/muse_mini", "rwku": "data/rwku_mini"}
-DEFAULT_RWKU_MODEL = "smollm2-135m-instruct"
-REFERENCES = {"muse": ("target", "retrain"), "rwku": ("before",)}
-TOP_KEYS = (
-    "benchmark", "output", "data", "overrides", "eval_args", "methods", "quick",
-    "target_model", "retrain_model", "model",
-)  # fmt: skip
+# The top-level keys every sweep file may have; each benchmark adds the keys that name its models.
+COMMON_KEYS = ("benchmark", "output", "data", "overrides", "eval_args", "methods", "quick")
 METHOD_KEYS = ("config", "grid", "overrides")
-# The {name}s a method's overrides may use: the keys of the sweep's models (runner._models).
-PLACEHOLDERS = {"muse": ("target", "retrain"), "rwku": ("model",)}
+# A method's overrides may name the sweep's models (the benchmark's ``models``) as {name}.
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 QUICK_KEYS = ("points_per_method", "eval_args", "overrides")
-# The sweep sets these per point (and `rwku run` per target); a grid or override of them would break that.
-RESERVED = {"muse": ("model_name_or_path", "output_dir"), "rwku": ("model_name_or_path", "output_dir", "dataset",
-                                                                    "dataset_dir")}  # fmt: skip
 QUICK_SUFFIX = "-quick"
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 # PyYAML reads 5e-4 (an exponent without a dot) as a string; OmegaConf and every user read it as a number.
@@ -90,9 +81,20 @@ class Point:
         return [f"{key}={format_value(value)}" for key, value in self.params.items()]
 
 
+def model_keys() -> tuple[str, ...]:
+    """The sweep-file keys that name a benchmark's models, of every benchmark, in registry order."""
+    return tuple(dict.fromkeys(key for benchmark in BENCHMARKS.values() for key in benchmark.model_keys))
+
+
+def top_keys() -> tuple[str, ...]:
+    """The top-level keys a sweep file may have."""
+    return (*COMMON_KEYS, *model_keys())
+
+
 @dataclass
-class Method:
-    """A method of the sweep: its unlearning config and its grid."""
+class SweepMethod:
+    """A method of the sweep: its unlearning config and its grid (not :class:`unilogit.stage.methods.Method`,
+    the registry entry of an unlearning method)."""
 
     name: str
     config: str
@@ -111,13 +113,16 @@ class Sweep:
     data: str
     overrides: list[str]
     eval_args: list[str]
-    methods: dict[str, Method]
+    methods: dict[str, SweepMethod]
     quick: bool = False
     quick_overrides: list[str] = field(default_factory=list)
     points_per_method: int | None = None
-    target_model: str | None = None
-    retrain_model: str | None = None
-    model: str | None = None
+    models: dict[str, str | None] = field(default_factory=dict)  # the benchmark's model_keys as the file gives them
+
+    @property
+    def descriptor(self) -> Benchmark:
+        """The benchmark's descriptor."""
+        return BENCHMARKS[self.benchmark]
 
     @property
     def points(self) -> list[Point]:
@@ -147,9 +152,8 @@ class Sweep:
             "eval_args": self.eval_args,
             "quick": self.quick,
             "quick_overrides": self.quick_overrides,
-            "target_model": self.target_model,
-            "retrain_model": self.retrain_model,
-            "model": self.model,
+            # Every benchmark's model keys, unset ones as null, so that sweep.json has one shape.
+            **{key: self.models.get(key) for key in model_keys()},
             "methods": {
                 m.name: {"config": m.config, "grid": m.grid, **({"overrides": m.overrides} if m.overrides else {})}
                 for m in self.methods.values()
@@ -179,8 +183,8 @@ def _framework_keys() -> frozenset[str]:
     return frozenset(f.name for cls in classes for f in fields(cls))
 
 
-def _check_config_key(where: str, key: str, config_keys: frozenset[str], benchmark: str) -> None:
-    if key in RESERVED[benchmark]:
+def _check_config_key(where: str, key: str, config_keys: frozenset[str], benchmark: Benchmark) -> None:
+    if key in benchmark.reserved_keys:
         raise ConfigError(f"{where}: {key} is set by the sweep for every point; remove it")
     # The framework's names cost an 8 s import; most grids name keys that are already in the method's YAML.
     if key in config_keys or key in unlearning_keys() or key in _framework_keys():
@@ -236,18 +240,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return _mapping(str(path), data)
 
 
-def _method(path: Path, name: Any, spec: Any, benchmark: str) -> Method:
+def _method(path: Path, name: Any, spec: Any, benchmark: Benchmark) -> SweepMethod:
     where = f"{path}: methods.{name}"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"{where}: a method name must be letters, digits, '_', '.' or '-' (it names a folder)")
-    if name in ("references", *REFERENCES[benchmark]):
+    if name in ("references", *benchmark.references):
         raise ConfigError(f"{where}: {name!r} names the sweep's reference models; call the method otherwise")
     spec = _mapping(where, spec)
     for key in spec:
         if key not in METHOD_KEYS:
             raise _unknown(where, key, METHOD_KEYS)
     if not spec.get("config"):
-        raise ConfigError(f"{where}: config is missing; set config: examples/{benchmark}/<method>.yaml")
+        raise ConfigError(f"{where}: config is missing; set config: examples/{benchmark.name}/<method>.yaml")
     config = str(spec["config"])
     if not config.endswith((".yaml", ".yml", ".json")):
         raise ConfigError(f"{where}.config: {config} is not a YAML or JSON file")
@@ -272,11 +276,11 @@ def _method(path: Path, name: Any, spec: Any, benchmark: str) -> Method:
         if key in grid:
             raise ConfigError(f"{where}: {key} is in its overrides and in its grid; keep one")
         for placeholder in _PLACEHOLDER.findall(item.split("=", 1)[1]):
-            if placeholder not in PLACEHOLDERS[benchmark]:
-                allowed = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS[benchmark])
+            if placeholder not in benchmark.models:
+                allowed = ", ".join(f"{{{p}}}" for p in benchmark.models)
                 raise ConfigError(f"{where}.overrides: {{{placeholder}}} in {item!r} is not a model of a "
-                                  f"{benchmark} sweep; use {allowed}")  # fmt: skip
-    return Method(name, config, grid, keys, overrides)
+                                  f"{benchmark.name} sweep; use {allowed}")  # fmt: skip
+    return SweepMethod(name, config, grid, keys, overrides)
 
 
 def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
@@ -287,22 +291,22 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
     path = Path(path)
     data = _read_yaml(path)
     for key in data:
-        if key not in TOP_KEYS:
-            raise _unknown(str(path), key, TOP_KEYS)
+        if key not in top_keys():
+            raise _unknown(str(path), key, top_keys())
     for key in ("benchmark", "output", "methods"):
         if not data.get(key):
             raise ConfigError(f"{path}: {key} is missing; see examples/sweeps/ for a complete file")
-    benchmark = str(data["benchmark"])
-    if benchmark not in BENCHMARKS:
-        raise ConfigError(f"{path}: benchmark: {benchmark!r} is not valid; allowed values: {' | '.join(BENCHMARKS)}")
-    if benchmark == "muse" and "model" in data:
-        raise ConfigError(f"{path}: model is for rwku sweeps; a muse sweep takes target_model and retrain_model")
-    if benchmark == "rwku" and ("target_model" in data or "retrain_model" in data):
-        raise ConfigError(f"{path}: target_model and retrain_model are for muse sweeps; an rwku sweep takes model")
-    if ("target_model" in data) != ("retrain_model" in data):
-        raise ConfigError(f"{path}: give both target_model and retrain_model, or neither (then they are prepared)")
+    given = str(data["benchmark"])
+    if given not in BENCHMARKS:
+        raise ConfigError(f"{path}: benchmark: {given!r} is not valid; allowed values: {' | '.join(BENCHMARKS)}")
+    benchmark = BENCHMARKS[given]
+    _check_model_keys(path, data, benchmark)
+    try:
+        models = benchmark.read_models(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
-    methods: dict[str, Method] = {}
+    methods: dict[str, SweepMethod] = {}
     for name, spec in _mapping(f"{path}: methods", data["methods"]).items():
         methods[name] = _method(path, name, spec, benchmark)
     overrides = _key_values(f"{path}: overrides", data.get("overrides"))
@@ -317,15 +321,13 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
 
     sweep = Sweep(
         path=path,
-        benchmark=benchmark,
+        benchmark=benchmark.name,
         output=Path(str(data["output"])),
-        data=str(data.get("data") or DEFAULT_DATA[benchmark]),
+        data=str(data.get("data") or benchmark.default_data),
         overrides=overrides,
         eval_args=_strings(f"{path}: eval_args", data.get("eval_args")),
         methods=methods,
-        target_model=_optional(data.get("target_model")),
-        retrain_model=_optional(data.get("retrain_model")),
-        model=str(data.get("model") or DEFAULT_RWKU_MODEL) if benchmark == "rwku" else None,
+        models=models,
     )
     _check_unique_folders(path, sweep.points)
     if quick:
@@ -333,8 +335,14 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
     return sweep
 
 
-def _optional(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _check_model_keys(path: Path, data: dict[str, Any], benchmark: Benchmark) -> None:
+    """Refuse the model keys of another benchmark, naming the ones this benchmark takes."""
+    for other in BENCHMARKS.values():
+        foreign = [key for key in other.model_keys if key not in benchmark.model_keys]
+        if any(key in data for key in foreign):
+            verb = "is" if len(foreign) == 1 else "are"
+            raise ConfigError(f"{path}: {' and '.join(foreign)} {verb} for {other.name} sweeps; {benchmark.name} "
+                              f"sweeps take {' and '.join(benchmark.model_keys)}")  # fmt: skip
 
 
 def _check_unique_folders(path: Path, points: list[Point]) -> None:
@@ -360,7 +368,7 @@ def _apply_quick(path: Path, sweep: Sweep, quick: Any) -> None:
     for item in sweep.quick_overrides:
         key = item.split("=", 1)[0].strip()
         for method in sweep.methods.values():
-            _check_config_key(f"{path}: quick.overrides", key, method.keys, sweep.benchmark)
+            _check_config_key(f"{path}: quick.overrides", key, method.keys, sweep.descriptor)
     sweep.quick = True
     sweep.points_per_method = count
     sweep.eval_args = [*sweep.eval_args, *_strings(f"{path}: quick.eval_args", quick.get("eval_args"))]

@@ -10,8 +10,9 @@ The sweep folder holds::
     sweep.csv, sweep.md              one row per finished point, the references first
 
 A point (or reference) that has finished is skipped by the next run; a folder that has not was interrupted
-or failed, and is deleted and run again from scratch. Every point runs as subprocesses of ``unilogit``
-(MUSE: ``train`` then ``eval muse``; RWKU: ``rwku run``), so a crash never takes the sweep down.
+or failed, and is deleted and run again from scratch. Every point runs as subprocesses of ``unilogit``, the
+commands its benchmark's descriptor gives (MUSE: ``train`` then ``eval muse``; RWKU: ``rwku run``), so a
+crash never takes the sweep down.
 """
 
 from __future__ import annotations
@@ -31,25 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unilogit.atomic import atomic_write_text
+from unilogit.benchmarks.registry import BENCHMARKS, SweepRun
 from unilogit.errors import ConfigError
 from unilogit.evaluation.results import format_cell, markdown_table
-from unilogit.io import atomic_write_text
-from unilogit.stage.args import unlearning_keys
-from unilogit.sweep.config import REFERENCES, Point, Sweep, format_value, load_sweep
+from unilogit.sweep.config import Point, Sweep, format_value, load_sweep
 
 SWEEP_JSON, SWEEP_CSV, SWEEP_MD = "sweep.json", "sweep.csv", "sweep.md"
 POINT_JSON, METRICS_JSON, LOG = "point.json", "metrics.json", "log.txt"
-RESULTS = {"muse": "muse_results.json", "rwku": "rwku_results.json"}
 CLI = [sys.executable, "-m", "unilogit.cli"]
-
-
-def metric_columns(benchmark: str) -> tuple[tuple[str, str, str], ...]:
-    """``(title, key, format)`` of the benchmark's metric columns: those of its own results table."""
-    if benchmark == "muse":
-        from unilogit.evaluation.muse import TABLE_COLUMNS
-    else:
-        from unilogit.evaluation.rwku import TABLE_COLUMNS
-    return TABLE_COLUMNS
 
 
 def point_folder(sweep: Sweep, point: Point) -> Path:
@@ -63,43 +54,20 @@ def reference_folder(sweep: Sweep, name: str) -> Path:
 
 
 def point_commands(sweep: Sweep, point: Point, models: dict[str, str]) -> list[list[str]]:
-    """The commands that run ``point``, in order. ``models``: muse's target and retrain, or rwku's model."""
+    """The commands that run ``point``, in order. ``models``: the sweep's models (muse's target and retrain,
+    rwku's model)."""
     folder = point_folder(sweep, point)
-    if sweep.benchmark == "muse":
-        model = folder / "model"
-        train = [*CLI, "train", point.config, f"model_name_or_path={models['target']}", f"output_dir={model}",
-                 *sweep.train_overrides(point, models)]  # fmt: skip
-        evaluate = [*CLI, "eval", "muse", "--model", str(model), "--retrain", models["retrain"],
-                    "--output", str(folder / "eval"), "--name", point.method, "--data", sweep.data,
-                    *sweep.eval_args]  # fmt: skip
-        return [train, evaluate]
-    # `rwku run` reads key=value overrides as positional arguments after its options.
-    return [[*CLI, "rwku", "run", point.config, "--output", str(folder / "run"), "--name", point.method,
-             "--model", models["model"], "--data", sweep.data, *sweep.eval_args,
-             *sweep.train_overrides(point, models)]]  # fmt: skip
-
-
-def _evaluator_args(eval_args: list[str]) -> list[str]:
-    """``eval_args`` without ``rwku run``'s own flags (--batch, --corpus X), which ``eval rwku`` refuses."""
-    kept, skip = [], False
-    for arg in eval_args:
-        if skip:
-            skip = False
-        elif arg == "--corpus":
-            skip = True
-        elif arg != "--batch" and not arg.startswith("--corpus="):
-            kept.append(arg)
-    return kept
+    benchmark = sweep.descriptor
+    run = SweepRun(point.method, folder, folder / benchmark.point_output, sweep.data, tuple(sweep.eval_args), models,
+                   point.config, tuple(sweep.train_overrides(point, models)))  # fmt: skip
+    return [[*CLI, *argv] for argv in benchmark.point_commands(run)]
 
 
 def reference_commands(sweep: Sweep, name: str, models: dict[str, str]) -> list[list[str]]:
-    """The command that evaluates the reference model ``name`` (target, retrain or before)."""
-    out = str(reference_folder(sweep, name))
-    if sweep.benchmark == "muse":
-        return [[*CLI, "eval", "muse", "--model", models[name], "--retrain", models["retrain"], "--output", out,
-                 "--name", name, "--data", sweep.data, *sweep.eval_args]]  # fmt: skip
-    return [[*CLI, "eval", "rwku", "--model", models["model"], "--name", name, "--output", out,
-             "--data", sweep.data, *_evaluator_args(sweep.eval_args)]]  # fmt: skip
+    """The command that evaluates the reference model ``name`` (muse: target or retrain; rwku: before)."""
+    folder = reference_folder(sweep, name)
+    run = SweepRun(name, folder, folder, sweep.data, tuple(sweep.eval_args), models)
+    return [[*CLI, *argv] for argv in sweep.descriptor.reference_commands(run)]
 
 
 def child_env(jobs: int, device: str | None = None, base: dict[str, str] | None = None,
@@ -139,7 +107,7 @@ class Task:
 def _point_task(sweep: Sweep, point: Point, models: dict[str, str]) -> Task:
     folder = point_folder(sweep, point)
     commands = point_commands(sweep, point, models)
-    results = folder / ("eval" if sweep.benchmark == "muse" else "run") / RESULTS[sweep.benchmark]
+    results = folder / sweep.descriptor.point_output / sweep.descriptor.results_json
 
     def metrics() -> dict[str, Any]:
         row = json.loads(results.read_text())[point.method]
@@ -158,20 +126,7 @@ def _reference_task(sweep: Sweep, name: str, models: dict[str, str]) -> Task:
     folder = reference_folder(sweep, name)
     commands = reference_commands(sweep, name, models)
     record = {"id": f"references/{name}", "reference": name, "models": models, "commands": commands}
-    return Task(f"references/{name}", folder, commands, folder / RESULTS[sweep.benchmark], record)
-
-
-def _models(sweep: Sweep) -> dict[str, str]:
-    if sweep.benchmark == "rwku":
-        return {"model": str(sweep.model)}
-    if sweep.target_model and sweep.retrain_model:
-        return {"target": sweep.target_model, "retrain": sweep.retrain_model}
-    from unilogit.benchmarks.muse import prepare
-
-    # The pt stage that trains target and retrain has no unlearning keys; --quick's overrides are left out
-    # so that a smoke run reuses the cached models instead of training new ones.
-    shared = [item for item in sweep.overrides if item.split("=", 1)[0].strip() not in unlearning_keys()]
-    return {name: str(path) for name, path in prepare(shared).items()}
+    return Task(f"references/{name}", folder, commands, folder / sweep.descriptor.results_json, record)
 
 
 def _check_unchanged(task: Task) -> None:
@@ -219,8 +174,9 @@ def run_sweep(sweep: Sweep, jobs: int | None = None) -> int:
 
     devices = visible_devices()
     jobs = jobs or max(1, len(devices))
-    models = _models(sweep)
-    tasks = [_reference_task(sweep, name, models) for name in REFERENCES[sweep.benchmark]]
+    # The shared overrides only: --quick's are left out, so that a smoke run reuses prepared models.
+    models = sweep.descriptor.resolve_models(sweep.models, sweep.overrides)
+    tasks = [_reference_task(sweep, name, models) for name in sweep.descriptor.references]
     tasks += [_point_task(sweep, point, models) for point in sweep.points]
     finished = [task for task in tasks if task.done.is_file()]
     for task in finished:
@@ -268,15 +224,15 @@ def run_sweep(sweep: Sweep, jobs: int | None = None) -> int:
 def _flat(row: dict[str, Any], method: str, point: str, benchmark: str) -> dict[str, Any]:
     flat = {"method": method, "point": point}
     flat.update({key: format_value(value) for key, value in (row.get("hyperparameters") or {}).items()})
-    flat.update({key: row.get(key) for _, key, _ in metric_columns(benchmark)})
+    flat.update({key: row.get(key) for _, key, _ in BENCHMARKS[benchmark].columns})
     return flat
 
 
 def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """The references' rows, then one per finished point: method, point id, hyperparameters, metrics."""
     rows = []
-    for name in REFERENCES[sweep.benchmark]:
-        results = reference_folder(sweep, name) / RESULTS[sweep.benchmark]
+    for name in sweep.descriptor.references:
+        results = reference_folder(sweep, name) / sweep.descriptor.results_json
         if results.is_file():
             rows.append(_flat(json.loads(results.read_text())[name], name, "", sweep.benchmark))
     for point in sweep.points:
@@ -289,12 +245,12 @@ def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
 def table_header(sweep: Sweep) -> list[str]:
     """method, point, the union of the grids' keys (in file order), then the metric keys."""
     hyper = list(dict.fromkeys(key for method in sweep.methods.values() for key in method.grid))
-    return ["method", "point", *hyper, *(key for _, key, _ in metric_columns(sweep.benchmark))]
+    return ["method", "point", *hyper, *(key for _, key, _ in sweep.descriptor.columns)]
 
 
 def sweep_table(rows: list[dict[str, Any]], header: list[str], benchmark: str) -> str:
     """``rows`` as a Markdown table: metric columns under their titles and formats, the others as text."""
-    formats = {key: (title, fmt) for title, key, fmt in metric_columns(benchmark)}
+    formats = {key: (title, fmt) for title, key, fmt in BENCHMARKS[benchmark].columns}
 
     def cell(key: str, value: Any) -> str:
         if key in formats:

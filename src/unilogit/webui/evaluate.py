@@ -1,8 +1,8 @@
 """The Evaluate action: run a benchmark's ``unilogit eval`` command on a run's output folder.
 
-Each benchmark is one :class:`Benchmark` entry in :data:`BENCHMARKS`; the panel's dropdown lists
-them. An evaluator whose command follows the same flags (``--model``, ``--data``, ``--max-examples``,
-``--overwrite``) is one more entry.
+The panel's dropdown lists the benchmarks of :data:`unilogit.benchmarks.registry.BENCHMARKS` by title
+(:func:`benchmarks`); each descriptor gives its command (``Benchmark.eval_argv``), its default data and the
+results table the command writes.
 
 An evaluation is an :class:`EvalJob`: a child process that belongs to the server, not to the page, so
 closing the tab leaves it running and a reopened tab shows its progress (each split's progress bar and
@@ -23,36 +23,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from unilogit.benchmarks.registry import BENCHMARKS, Benchmark
 from unilogit.webui.markup import escape
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    """An evaluator that the Evaluate button runs as ``unilogit eval <command> --model RUN ...``."""
+def benchmarks() -> dict[str, Benchmark]:
+    """The registry's benchmarks by title, as the dropdown lists them; read at each call, so that a benchmark
+    registered after this module was imported is listed too."""
+    return {benchmark.title: benchmark for benchmark in BENCHMARKS.values()}
 
-    name: str
-    command: str
-    default_data: str
-    results: str  # the Markdown table the command writes, relative to the model folder
-    takes_retrain: bool = True
-
-    def argv(self, model: str, data: str, retrain: str | None, max_examples: str, overwrite: bool) -> list[str]:
-        """The ``unilogit`` arguments that evaluate ``model``; the command itself checks the values."""
-        argv = ["eval", self.command, "--model", model, "--data", data or self.default_data]
-        if retrain and self.takes_retrain:
-            argv += ["--retrain", retrain]
-        if max_examples.strip():
-            argv += ["--max-examples", max_examples.strip()]
-        if overwrite:
-            argv.append("--overwrite")
-        return argv
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "MUSE": Benchmark("MUSE", "muse", "data/muse_mini", "muse_eval/muse_results.md"),
-    # RWKU is zero-shot: there is no retrained model to compare with.
-    "RWKU": Benchmark("RWKU", "rwku", "data/rwku_mini", "rwku_eval/rwku_results.md", takes_retrain=False),
-}
 
 # A tqdm bar as the evaluators print it: "VerbMem:  50%|█████     | 1/2 [00:03<00:03, 3.1s/it]".
 _BAR = re.compile(r"^(?P<split>[^|]+?):\s+\d+%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+)\b")
@@ -135,7 +114,7 @@ class EvalJob:
         # Text mode turns tqdm's carriage returns into line ends, so each bar update arrives as a line.
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, name=f"unilogit-eval-{self.benchmark.command}", daemon=True)
+        self._reader = threading.Thread(target=self._read, name=f"unilogit-eval-{self.benchmark.name}", daemon=True)
         self._reader.start()
 
     @property
@@ -166,11 +145,11 @@ class EvalJob:
             table = self.progress.table(now)
             tail = list(self.progress.tail)
             code = self.code
-        results = Path(self.model) / self.benchmark.results
+        results = Path(self.model) / self.benchmark.eval_results_md
         if code == 0 and results.is_file():
             return results.read_text(encoding="utf-8"), True
         state = "running" if code is None else f"ended with exit code {code}"
-        head = f"**{self.benchmark.name}** evaluation of {escape(self.model)}: {state}, {_clock(now - self.started)}"
+        head = f"**{self.benchmark.title}** evaluation of {escape(self.model)}: {state}, {_clock(now - self.started)}"
         if code is None:
             return "\n\n".join([head, table, _code(tail)]), None
         # The CLI ends a configuration mistake with one "unilogit: error: ..." line; put it first.

@@ -18,7 +18,7 @@ import gradio as gr
 from unilogit.errors import ConfigError
 from unilogit.stage.args import RETAIN_LOSSES, STAGE_KEYS, UnlearningArguments, split_unlearning_args
 from unilogit.stage.methods import METHODS, Hyperparameter, all_hyperparameters
-from unilogit.webui.evaluate import BENCHMARKS, follow_evaluation, start_evaluation
+from unilogit.webui.evaluate import benchmarks, follow_evaluation, start_evaluation
 from unilogit.webui.locales import PANEL_LOCALES, knob_texts
 
 if TYPE_CHECKING:
@@ -131,9 +131,10 @@ def create_unlearn_panel() -> tuple[Any, Any, dict[str, Component]]:
             elems["tokenizer_name_or_path"] = gr.Textbox(scale=2, **_kw("tokenizer_name_or_path"))
     with gr.Accordion(open=True, **_kw("unlearn_eval_tab")) as eval_tab:
         with gr.Row():
-            first = next(iter(BENCHMARKS))
-            elems["unlearn_bench"] = gr.Dropdown(choices=list(BENCHMARKS), value=first, **_kw("unlearn_bench"))
-            elems["unlearn_eval_data"] = gr.Textbox(value=BENCHMARKS[first].default_data, **_kw("unlearn_eval_data"))
+            titles = benchmarks()
+            first = next(iter(titles))
+            elems["unlearn_bench"] = gr.Dropdown(choices=list(titles), value=first, **_kw("unlearn_bench"))
+            elems["unlearn_eval_data"] = gr.Textbox(value=titles[first].default_data, **_kw("unlearn_eval_data"))
             elems["unlearn_eval_retrain"] = gr.Textbox(scale=2, **_kw("unlearn_eval_retrain"))
             elems["unlearn_eval_max"] = gr.Textbox(**_kw("unlearn_eval_max"))
             elems["unlearn_eval_overwrite"] = gr.Checkbox(**_kw("unlearn_eval_overwrite"))
@@ -165,7 +166,7 @@ def bind_unlearn_panel(
         list_datasets, [train_elems["dataset_dir"], stage], [elems["retain_dataset"]], queue=False
     )
     bench = elems["unlearn_bench"]
-    bench.change(lambda b: BENCHMARKS[b].default_data, [bench], [elems["unlearn_eval_data"]], queue=False)
+    bench.change(lambda b: benchmarks()[b].default_data, [bench], [elems["unlearn_eval_data"]], queue=False)
 
     def evaluate(
         model_name: str,
@@ -185,9 +186,9 @@ def bind_unlearn_panel(
             gr.Warning("Choose a model and the run's output dir first.")
             yield "Choose a model and the run's output dir first."
             return
-        benchmark = BENCHMARKS[bench_name]
+        benchmark = benchmarks()[bench_name]
         model = str(get_save_dir(model_name, finetuning_type, output_dir))
-        argv = benchmark.argv(model, data, (retrain or "").strip() or None, max_examples or "", overwrite)
+        argv = benchmark.eval_argv(model, data, (retrain or "").strip() or None, max_examples or "", overwrite)
         job, already = start_evaluation(benchmark, argv, model)
         if already:
             gr.Info("This run is being evaluated already; here is its progress.")

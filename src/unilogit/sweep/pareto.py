@@ -3,16 +3,17 @@
 It reads ``SWEEP_DIR/sweep.csv`` and ``sweep.json`` (written by ``unilogit sweep``) and writes into
 ``SWEEP_DIR/report/``:
 
-- Pareto plots (PNG and SVG, matplotlib's Agg renderer): retain metric on x, forget metric on y, one colour
-  per method with its Pareto front as a line, and the reference models as black markers. MUSE:
-  ``pareto-knowmem`` (KnowMem_r, KnowMem_f) and ``pareto-verbmem`` (KnowMem_r, VerbMem_f); RWKU:
-  ``pareto-forget-neighbor`` (Neighbor All, Forget All).
-- MUSE only: ``kl-to-retrain-<sweep folder name>`` (e.g. ``kl-to-retrain-muse-mini``), two panels: the KL
-  between each point's soft targets and the retrained model on the forget set per epoch (``soft_target_kl``
-  in its ``trainer_log.jsonl``, logged by UnDIAL and Unilogit runs with ``soft_target_kl_model``; the paper's
-  Fig. 5), and each method's lowest KL to the retrained model beside the target's. A panel without data is
-  left out (and said so on stderr).
-- ``summary.md``: the best point per method under a stated rule, the dominated points and the table.
+- Pareto plots (PNG and SVG, matplotlib's Agg renderer), those of the benchmark's descriptor: retain metric on
+  x, forget metric on y, one colour per method with its Pareto front as a line, and the reference models as
+  black markers. MUSE: ``pareto-knowmem`` (KnowMem_r, KnowMem_f) and ``pareto-verbmem`` (KnowMem_r,
+  VerbMem_f); RWKU: ``pareto-forget-neighbor`` (Neighbor All, Forget All).
+- For a descriptor with ``kl_figure`` (MUSE): ``kl-to-retrain-<sweep folder name>`` (e.g.
+  ``kl-to-retrain-muse-mini``), two panels: the KL between each point's soft targets and the retrained model
+  on the forget set per epoch (``soft_target_kl`` in its ``trainer_log.jsonl``, logged by UnDIAL and Unilogit
+  runs with ``soft_target_kl_model``; the paper's Fig. 5), and each method's lowest KL to the retrained model
+  beside the target's. A panel without data is left out (and said so on stderr).
+- ``summary.md``: the best point per method under the descriptor's stated rule, the dominated points and the
+  table.
 """
 
 from __future__ import annotations
@@ -22,48 +23,15 @@ import io
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unilogit.atomic import atomic_write_bytes, atomic_write_text
+from unilogit.benchmarks.registry import BENCHMARKS, Benchmark, Plot
 from unilogit.errors import ConfigError
-from unilogit.io import atomic_write_bytes, atomic_write_text
-from unilogit.sweep.config import REFERENCES
-from unilogit.sweep.runner import SWEEP_CSV, SWEEP_JSON, metric_columns, sweep_table
+from unilogit.sweep.runner import SWEEP_CSV, SWEEP_JSON, sweep_table
 
 REPORT_DIR = "report"
-MARKERS = {"target": "x", "retrain": "*", "before": "o"}
-MUSE_RETAIN_SHARE = 0.95  # KnowMem_r at least this share of the target's
-RWKU_NEIGHBOR_SHARE, RWKU_MMLU_SHARE = 0.85, 0.90  # of the model before unlearning
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A Pareto plot: ``x`` is a retain metric (higher is better), ``y`` a forget metric (lower is better)."""
-
-    name: str
-    x: str
-    y: str
-    xlabel: str
-    ylabel: str
-
-
-_RETAIN_MUSE = "KnowMem_r, retain knowledge (higher is better →)"
-PLOTS = {
-    "muse": (
-        Plot("pareto-knowmem", "knowmem_r", "knowmem_f", _RETAIN_MUSE, "KnowMem_f, forget (lower is better ↓)"),
-        Plot("pareto-verbmem", "knowmem_r", "verbmem_f", _RETAIN_MUSE, "VerbMem_f, forget (lower is better ↓)"),
-    ),
-    "rwku": (
-        Plot(
-            "pareto-forget-neighbor",
-            "neighbor_all",
-            "forget_all",
-            "Neighbor All, neighbor knowledge (higher is better →)",
-            "Forget All, forget probes (lower is better ↓)",
-        ),
-    ),
-}
 
 
 def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -91,7 +59,7 @@ def read_sweep(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if not (sweep_dir / name).is_file():
             raise ConfigError(f"{sweep_dir / name} is missing; run `unilogit sweep SWEEP.yaml` first")
     meta = json.loads((sweep_dir / SWEEP_JSON).read_text())
-    metrics = {key for _, key, _ in metric_columns(meta["benchmark"])}
+    metrics = {key for _, key, _ in BENCHMARKS[meta["benchmark"]].columns}
     rows = []
     with (sweep_dir / SWEEP_CSV).open(newline="") as handle:
         for record in csv.DictReader(handle):
@@ -126,7 +94,8 @@ def _figure() -> Any:
     return Figure(figsize=(7.0, 5.0), layout="constrained")
 
 
-def _pareto_panel(ax: Any, plot: Plot, points: list[dict], refs: dict[str, dict], methods: list[str]) -> None:
+def _pareto_panel(ax: Any, plot: Plot, points: list[dict], refs: dict[str, dict], methods: list[str],
+                  markers: dict[str, str]) -> None:  # fmt: skip
     for i, method in enumerate(methods):
         _, xy = _points([row for row in points if row["method"] == method], plot)
         if not xy:
@@ -137,7 +106,7 @@ def _pareto_panel(ax: Any, plot: Plot, points: list[dict], refs: dict[str, dict]
         ax.plot(*zip(*front, strict=True), color=colour, linewidth=1.5)
     for name, row in refs.items():
         if row.get(plot.x) is not None and row.get(plot.y) is not None:
-            ax.scatter([row[plot.x]], [row[plot.y]], marker=MARKERS[name], color="black", s=110, zorder=3, label=name)
+            ax.scatter([row[plot.x]], [row[plot.y]], marker=markers[name], color="black", s=110, zorder=3, label=name)
             ax.annotate(name, (row[plot.x], row[plot.y]), xytext=(7, 7), textcoords="offset points")
     ax.set_xlabel(plot.xlabel)
     ax.set_ylabel(plot.ylabel)
@@ -147,18 +116,18 @@ def _pareto_panel(ax: Any, plot: Plot, points: list[dict], refs: dict[str, dict]
     ax.legend(fontsize="small")
 
 
-def _pareto_plots(benchmark: str, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path,
+def _pareto_plots(benchmark: Benchmark, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path,
                   name: str) -> list[Path]:  # fmt: skip
     """One figure per Pareto plot, and ``pareto-<name>`` with all of the benchmark's plots side by side."""
-    paths = []
-    for plot in PLOTS[benchmark]:
+    paths, plots, markers = [], benchmark.plots, dict(benchmark.references)
+    for plot in plots:
         fig = _figure()
-        _pareto_panel(fig.add_subplot(), plot, points, refs, methods)
+        _pareto_panel(fig.add_subplot(), plot, points, refs, methods, markers)
         paths += _save(fig, out / plot.name)
     fig = _figure()
-    fig.set_size_inches(7.0 * len(PLOTS[benchmark]), 5.0)
-    for ax, plot in zip(fig.subplots(1, len(PLOTS[benchmark]), squeeze=False)[0], PLOTS[benchmark], strict=True):
-        _pareto_panel(ax, plot, points, refs, methods)
+    fig.set_size_inches(7.0 * len(plots), 5.0)
+    for ax, plot in zip(fig.subplots(1, len(plots), squeeze=False)[0], plots, strict=True):
+        _pareto_panel(ax, plot, points, refs, methods, markers)
     return paths + _save(fig, out / f"pareto-{name}")
 
 
@@ -214,7 +183,8 @@ def _soft_target_panel(ax: Any, curves: dict, points: list[dict], best: dict, me
     ax.legend(fontsize="small")
 
 
-def _kl_plot(sweep_dir: Path, points: list[dict], refs: dict[str, dict], methods: list[str], out: Path) -> list[Path]:
+def _kl_plot(benchmark: Benchmark, sweep_dir: Path, points: list[dict], refs: dict[str, dict], methods: list[str],
+             out: Path) -> list[Path]:  # fmt: skip
     curves = soft_target_curves(sweep_dir, points)
     if not curves:
         print(f"[report] no point of {sweep_dir} logged {SOFT_TARGET_KL} (UnDIAL or Unilogit with "
@@ -233,7 +203,7 @@ def _kl_plot(sweep_dir: Path, points: list[dict], refs: dict[str, dict], methods
         fig.set_size_inches(13.0, 5.0)
     axes = iter(fig.subplots(1, int(bool(curves)) + int(bool(bars)), squeeze=False)[0])
     if curves:
-        _soft_target_panel(next(axes), curves, points, best_points("muse", points, refs)[1], methods)
+        _soft_target_panel(next(axes), curves, points, benchmark.select(points, refs)[1], methods)
     if bars:
         ax = next(axes)
         names, values, colours = zip(*bars, strict=True)
@@ -246,57 +216,14 @@ def _kl_plot(sweep_dir: Path, points: list[dict], refs: dict[str, dict], methods
 
 
 def best_points(benchmark: str, points: list[dict], refs: dict[str, dict]) -> tuple[str, dict[str, dict | None]]:
-    """The selection rule, in words with its thresholds, and each method's best point under it (None: none meets it).
-
-    MUSE: the lowest KnowMem_f among points whose KnowMem_r is at least 95% of the target's. RWKU: the lowest
-    Forget All among points whose Neighbor All is at least 85% of the original model's and, when that model
-    has an MMLU score, whose MMLU is at least 90% of it.
-    """
-    methods = list(dict.fromkeys(row["method"] for row in points))
-    if benchmark == "muse":
-        base = (refs.get("target") or {}).get("knowmem_r")
-        rule = "lowest KnowMem_f among the points whose KnowMem_r is at least 95% of the target's"
-        if base is None:
-            return f"{rule}; there is no target KnowMem_r, so no point meets the rule", dict.fromkeys(methods)
-        floor = MUSE_RETAIN_SHARE * base
-        rule += f" (KnowMem_r ≥ {floor:.2f})"
-
-        def ok(row: dict) -> bool:
-            return row["knowmem_r"] is not None and row["knowmem_f"] is not None and row["knowmem_r"] >= floor
-
-        score = "knowmem_f"
-    else:
-        before = refs.get("before") or {}
-        rule = "lowest Forget All among the points whose Neighbor All is at least 85% of the model's before unlearning"
-        if before.get("neighbor_all") is None:
-            return f"{rule}; there is no Neighbor All before unlearning, so no point meets the rule", dict.fromkeys(
-                methods
-            )
-        neighbor_floor = RWKU_NEIGHBOR_SHARE * before["neighbor_all"]
-        mmlu_floor = RWKU_MMLU_SHARE * before["mmlu"] if before.get("mmlu") is not None else None
-        rule += f" (Neighbor All ≥ {neighbor_floor:.2f})"
-        rule += (
-            f" and whose MMLU is within 10% of it (MMLU ≥ {mmlu_floor:.2f})"
-            if mmlu_floor is not None
-            else "; MMLU was not evaluated, so it is not part of the rule"
-        )
-
-        def ok(row: dict) -> bool:
-            if row["forget_all"] is None or row["neighbor_all"] is None or row["neighbor_all"] < neighbor_floor:
-                return False
-            return mmlu_floor is None or (row["mmlu"] is not None and row["mmlu"] >= mmlu_floor)
-
-        score = "forget_all"
-    best = {}
-    for method in methods:
-        eligible = [row for row in points if row["method"] == method and ok(row)]
-        best[method] = min(eligible, key=lambda row: row[score]) if eligible else None
-    return rule, best
+    """The benchmark's selection rule (its descriptor's ``select``), in words with its thresholds, and each
+    method's best point under it (None: none meets it)."""
+    return BENCHMARKS[benchmark].select(points, refs)
 
 
 def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict], refs: dict[str, dict]) -> str:
     benchmark = meta["benchmark"]
-    metrics = [key for _, key, _ in metric_columns(benchmark)]
+    metrics = [key for _, key, _ in BENCHMARKS[benchmark].columns]
     rule, best = best_points(benchmark, points, refs)
     lines = [f"# Sweep report: {sweep_dir}", "", f"Sweep file `{meta.get('sweep_file')}`, {benchmark}, data "
              f"`{meta.get('data')}`, {len(points)} finished points.", "", f"**Rule:** per method, the {rule}.", "",
@@ -305,7 +232,7 @@ def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict], 
     lines += [sweep_table(chosen, ["method", "point", *metrics], benchmark), "## Dominated points", ""]
     lines += ["A point is dominated when another point of the sweep (any method) is at least as good on both axes of "
               "a plot (higher retain, lower forget) and better on one.", ""]  # fmt: skip
-    for plot in PLOTS[benchmark]:
+    for plot in BENCHMARKS[benchmark].plots:
         kept, xy = _points(points, plot)
         lines.append(f"On {plot.x} (retain) and {plot.y} (forget), as in `{plot.name}`:")
         lines += [f"- {kept[i]['point']}" for i in dominated(xy)] or ["- none"]
@@ -319,15 +246,15 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
     """Write the plots and ``summary.md`` of the sweep in ``sweep_dir`` into ``sweep_dir/report/``; their paths."""
     sweep_dir = Path(sweep_dir)
     meta, rows = read_sweep(sweep_dir)
-    benchmark = meta["benchmark"]
-    refs = {row["method"]: row for row in rows if not row["point"] and row["method"] in REFERENCES[benchmark]}
+    benchmark = BENCHMARKS[meta["benchmark"]]
+    refs = {row["method"]: row for row in rows if not row["point"] and row["method"] in benchmark.references}
     points = [row for row in rows if row["point"]]
     methods = list(dict.fromkeys([*meta.get("methods", {}), *(row["method"] for row in points)]))
     out = sweep_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     paths = _pareto_plots(benchmark, points, refs, methods, out, sweep_dir.resolve().name)
-    if benchmark == "muse":
-        paths += _kl_plot(sweep_dir, points, refs, methods, out)
+    if benchmark.kl_figure:
+        paths += _kl_plot(benchmark, sweep_dir, points, refs, methods, out)
     atomic_write_text(out / "summary.md", _summary(sweep_dir, meta, rows, points, refs))
     paths.append(out / "summary.md")
     return paths

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from unilogit.atomic import atomic_write_text
 from unilogit.config import CONFIG_NAME
 from unilogit.errors import ConfigError
-from unilogit.io import atomic_write_text
 
 REPORT_NAME = "report.json"
 
