@@ -17,6 +17,7 @@ import yaml
 from unilogit.atomic import atomic_write_text
 from unilogit.config import CONFIG_NAME
 from unilogit.errors import ConfigError
+from unilogit.evaluation.results import markdown_table
 
 REPORT_NAME = "report.json"
 
@@ -91,18 +92,16 @@ def evaluate_run(run_dir: str | Path, overwrite: bool = False) -> dict[str, Any]
 
 def format_report(report: dict[str, Any]) -> str:
     """A Markdown table: answer NLL on each set before and after unlearning, and the last logged terms."""
-    lines = [
-        f"unlearning report: {report['unlearn_method']} ({report['run_dir']})",
-        "",
-        "| metric | initial | unlearned | change |",
-        "|---|---:|---:|---:|",
-    ]
     meaning = {"forget": "higher = forgotten", "retain": "lower = kept"}
-    for name, values in report["nll"].items():
-        change = values["unlearned"] - values["initial"]
-        lines.append(
-            f"| {name} NLL ({meaning[name]}) | {values['initial']:.4f} | {values['unlearned']:.4f} | {change:+.4f} |"
-        )
-    for key, value in report["last_step"].items():
-        lines.append(f"| {key} (last step) | | {value:.4f} | |")
-    return "\n".join(lines)
+    rows = [
+        [
+            f"{name} NLL ({meaning[name]})",
+            f"{v['initial']:.4f}",
+            f"{v['unlearned']:.4f}",
+            f"{v['unlearned'] - v['initial']:+.4f}",
+        ]
+        for name, v in report["nll"].items()
+    ]
+    rows += [[f"{key} (last step)", "", f"{value:.4f}", ""] for key, value in report["last_step"].items()]
+    table = markdown_table(["metric", "initial", "unlearned", "change"], rows, right={1, 2, 3})
+    return f"unlearning report: {report['unlearn_method']} ({report['run_dir']})\n\n{table.rstrip()}"
