@@ -30,6 +30,7 @@ LAYERS = {
     "config": 4,
     "errors": 4,
     "atomic": 4,
+    "fingerprint": 4,
     "losses": 4,
     "losses_reference": 4,
     "models": 4,
