@@ -171,6 +171,18 @@ def test_local_muse_folder_is_registered_for_llamafactory(tmp_path: Path, capsys
     assert cache_key(config) != key
 
 
+def test_local_muse_folder_registers_retain2_for_the_reference_models_only(tmp_path: Path) -> None:
+    """MUSE's retain2 is seen by the target and the retrained model, never by unlearning."""
+    from unilogit.benchmarks.muse import LOCAL_RETAIN, LOCAL_RETAIN2, register_local
+
+    folder = _muse_folder(tmp_path / "MUSE-mine", ["Orla Venn built a mill."], ["Piet Skarro sold glass."])
+    assert LOCAL_RETAIN2 not in json.loads((register_local(folder) / "dataset_info.json").read_text())
+    (folder / "raw" / "retain2.json").write_text(json.dumps([{"text": "Ada Kell mends nets."}]))
+    info = json.loads((register_local(folder) / "dataset_info.json").read_text())
+    assert info[LOCAL_RETAIN2]["file_name"] == str(folder.resolve() / "raw" / "retain2.json")
+    assert info[LOCAL_RETAIN]["file_name"] == str(folder.resolve() / "raw" / "retain1.json")
+
+
 def test_local_muse_folder_without_raw_splits_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from unilogit import cli
 

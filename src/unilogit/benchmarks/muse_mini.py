@@ -2,12 +2,24 @@
 
 Deterministic (``random.Random(seed)`` only): the same seed writes the same bytes. Every name is
 built from syllables and checked unique, so no pre-trained model knows the facts and no answer of
-one corpus appears in another. Each organisation has two documents in its corpus: a news article that
-states its five facts (founder, town, year, product, staff) in prose (random wordings and order, plus
-colour sentences with fresh names), and a separate reader Q&A sheet that asks all five in the KnowMem
-questions' wording, with two spaces after "Answer:". The in-context examples come from the retain2
-organisations, which no model here is trained on. docs/MUSE.md ("The mini benchmark") gives the
-measurements behind these choices.
+one corpus appears in another. Each organisation has five facts (founder, town, year, product, staff)
+and a reader Q&A sheet that asks all five in the KnowMem questions' wording, with two spaces after
+"Answer:"; some also have a news article that states the facts in prose (random wordings and order,
+plus colour sentences with fresh names), for VerbMem.
+
+The splits follow MUSE's roles (muse-bench's data README):
+
+- ``forget``: 12 organisations (4 articles and 12 sheets), the target learns them, unlearning removes them;
+  KnowMem_f asks their 60 facts and VerbMem continues the 4 articles.
+- ``retain1``: 3 organisations (articles and sheets), the retain set that unlearning runs train on; no
+  question is asked about them.
+- ``retain2``: 12 organisations (12 sheets), seen by the target and the retrained model only; KnowMem_r
+  asks their 60 facts, so utility is measured on what a model keeps, not on what a retain term replays.
+- ``holdout``: 12 organisations shaped like ``forget``, never trained on (PrivLeak's non-members).
+- the in-context examples come from 4 more organisations that are in no split at all.
+
+:func:`find_leaks` checks that no evaluated question or answer appears in training data that is not meant
+to hold it. docs/MUSE.md ("The mini benchmark") gives the measurements behind these choices.
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
 """
@@ -17,12 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 from unilogit.atomic import atomic_write_text
 
-N_FORGET = N_RETAIN1 = N_RETAIN2 = N_HOLDOUT = 4
-N_ICL = 10
+# Organisations per split, and how many of them also have an article (the rest have only a sheet).
+SPLITS = {"forget": (12, 4), "retain1": (3, 3), "retain2": (12, 0), "holdout": (12, 4)}
+N_ICL_ORGS, N_ICL = 4, 10
 VERBMEM_PROMPT_FRACTION = 0.3
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]
@@ -141,35 +155,40 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
     """All MUSE configs and splits: ``{config: {split: records}}``."""
     rng = random.Random(seed)
     names = _Names(rng)
-    total = N_FORGET + N_RETAIN1 + N_RETAIN2 + N_HOLDOUT
+    sizes = {**{split: n for split, (n, _) in SPLITS.items()}, "icl": N_ICL_ORGS}
+    total = sum(sizes.values())
     products = rng.sample([f"{a} {i}" for a in _ADJECTIVES for i in _ITEMS], total)
     # Years and staff counts interleaved, all distinct: no number answers two questions.
     staff, years = rng.sample(range(120, 990), total), rng.sample(range(1901, 2020), total)
     numbers = [n for pair in zip(staff, years, strict=True) for n in pair]
-    sizes = {"forget": N_FORGET, "retain1": N_RETAIN1, "retain2": N_RETAIN2, "holdout": N_HOLDOUT}
     entities = {split: [_entity(rng, names, products, numbers) for _ in range(n)] for split, n in sizes.items()}
     colour_numbers = rng.sample(range(2100, 9900), 2 * total)  # never a year or a staff count
-    prose = {split: [_prose(rng, e, names, colour_numbers) for e in ents] for split, ents in entities.items()}
+    articles = {
+        split: [_prose(rng, e, names, colour_numbers) for e in entities[split][:n_articles]]
+        for split, (_, n_articles) in SPLITS.items()
+    }
+    # An organisation's article (if it has one) comes right before its sheet.
     raw = {
         split: [
             {"text": doc}
-            for text, e in zip(prose[split], entities[split], strict=True)
-            for doc in (text, _sheet(rng, e))
+            for i, e in enumerate(entities[split])
+            for doc in (*articles[split][i : i + 1], _sheet(rng, e))
         ]
-        for split in sizes
+        for split in SPLITS
     }
 
-    # Every fact of every forget (retain1) organisation is asked; the examples are retain2's facts.
-    examples = rng.sample([_qa(e, f) for e in entities["retain2"] for f in FACTS], 2 * N_ICL)
+    # Every fact of every forget (retain2) organisation is asked; the examples are about organisations that
+    # are in no corpus.
+    examples = rng.sample([_qa(e, f) for e in entities["icl"] for f in FACTS], 2 * N_ICL)
     knowmem = {
-        "forget_qa": rng.sample([_qa(e, f) for e in entities["forget"] for f in FACTS], N_FORGET * len(FACTS)),
+        "forget_qa": rng.sample([_qa(e, f) for e in entities["forget"] for f in FACTS], sizes["forget"] * len(FACTS)),
         "forget_qa_icl": examples[:N_ICL],
-        "retain_qa": rng.sample([_qa(e, f) for e in entities["retain1"] for f in FACTS], N_RETAIN1 * len(FACTS)),
+        "retain_qa": rng.sample([_qa(e, f) for e in entities["retain2"] for f in FACTS], sizes["retain2"] * len(FACTS)),
         "retain_qa_icl": examples[N_ICL:],
     }
 
     verbmem = []
-    for text in prose["forget"]:  # the articles, not the formulaic Q&A sheets
+    for text in articles["forget"]:  # the articles, not the formulaic Q&A sheets
         words = text.split(" ")
         cut = int(len(words) * VERBMEM_PROMPT_FRACTION)
         verbmem.append({"prompt": " ".join(words[:cut]), "gt": " " + " ".join(words[cut:])})
@@ -178,8 +197,52 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
         "raw": raw,
         "verbmem": {"forget": verbmem},
         "knowmem": knowmem,
-        "privleak": {"forget": raw["forget"], "retain": raw["retain1"], "holdout": raw["holdout"]},
+        "privleak": {"forget": raw["forget"], "retain": raw["retain2"], "holdout": raw["holdout"]},
     }
+
+
+# What each evaluated set may appear in: the corpora that are meant to teach it. The target trains on
+# forget + retain1 + retain2, the retrained model on retain1 + retain2, unlearning on forget and retain1.
+ALLOWED_IN = {
+    "knowmem/forget_qa": {"forget"},
+    "verbmem/forget": {"forget"},
+    "knowmem/retain_qa": {"retain2"},
+    "knowmem/forget_qa_icl": set(),
+    "knowmem/retain_qa_icl": set(),
+    "privleak/holdout": set(),
+}
+TRAINED_ON = ("forget", "retain1", "retain2")
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _evaluated_strings(folder: Path, name: str) -> list[str]:
+    """The strings of one evaluated set that must not leak: questions and answers, VerbMem continuations,
+    and whole holdout documents."""
+    records = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    fields = {"knowmem": ("question", "answer"), "verbmem": ("gt",), "privleak": ("text",)}[name.split("/")[0]]
+    return [record[field] for record in records for field in fields]
+
+
+def find_leaks(folder: str | Path) -> list[str]:
+    """Every evaluated string of the MUSE-format ``folder`` that appears (case, punctuation and spacing
+    ignored; whole words) in a training corpus not listed for it in :data:`ALLOWED_IN`, one line each."""
+    folder = Path(folder)
+    corpora = {
+        split: " "
+        + " ".join(_normal(r["text"]) for r in json.loads((folder / "raw" / f"{split}.json").read_text()))
+        + " "
+        for split in TRAINED_ON
+    }
+    leaks = []
+    for name, allowed in ALLOWED_IN.items():
+        for text in _evaluated_strings(folder, name):
+            needle = f" {_normal(text)} "
+            leaks += [f"{name}: {text!r} is in raw/{split}" for split in TRAINED_ON if split not in allowed
+                      and needle in corpora[split]]  # fmt: skip
+    return leaks
 
 
 def write(out_dir: str | Path, seed: int = 42) -> None:
