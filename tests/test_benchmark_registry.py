@@ -93,7 +93,6 @@ TOY = dataclasses.replace(
     models=("base",),
     point_output="out",
     plots=(Plot("pareto-toy", "retain", "forget", "Retain", "Forget"),),
-    select=lambda points, refs: ("the first point", {row["method"]: row for row in points[:1]}),
     read_models=lambda data: {"base_model": str(data.get("base_model") or "tiny")},
     resolve_models=lambda given, overrides: {"base": str(given["base_model"])},
     point_commands=_toy_point,
@@ -109,8 +108,7 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_registered_benchmark_reaches_the_sweeps(toy: None, tmp_path: Path) -> None:
     from unilogit.sweep.config import load_sweep
-    from unilogit.sweep.pareto import best_points
-    from unilogit.sweep.runner import point_commands, reference_commands, table_header
+    from unilogit.sweep.runner import point_commands, reference_commands, sweep_tasks, table_header
 
     path = tmp_path / "toy.yaml"
     sweep = {"benchmark": "toy", "output": "o", "base_model": "B",
@@ -119,13 +117,16 @@ def test_a_registered_benchmark_reaches_the_sweeps(toy: None, tmp_path: Path) ->
     loaded = load_sweep(path)
     assert loaded.descriptor is TOY and (loaded.data, loaded.models) == ("data/toy_mini", {"base_model": "B"})
     assert loaded.to_json()["base_model"] == "B" and loaded.to_json()["target_model"] is None
-    [run] = point_commands(loaded, loaded.points[0], {"base": "B"})
-    assert run[3:] == ["toy", "run", RWKU_GA, "--output", "o/ga/learning_rate=0.001/out", "--model", "B",
-                       "learning_rate=0.001"]  # fmt: skip
-    [ref] = reference_commands(loaded, "base", {"base": "B"})
-    assert ref[3:] == ["eval", "toy", "--model", "B", "--output", "o/references/base", "--name", "base"]
-    assert table_header(loaded) == ["method", "point", "learning_rate", "forget", "retain"]
-    assert best_points("toy", [{"method": "ga", "point": "ga/x"}], {})[0] == "the first point"
+    [run] = point_commands(loaded, loaded.points[0], {"base": "B"}, 42, Path("o/ga/learning_rate=0.001/seed42-k"))
+    assert run[3:] == ["toy", "run", RWKU_GA, "--output", "o/ga/learning_rate=0.001/seed42-k/out", "--model", "B",
+                       "learning_rate=0.001", "seed=42"]  # fmt: skip
+    [ref] = reference_commands(loaded, "base", {"base": "B"}, Path("o/references/base-k"))
+    assert ref[3:] == ["eval", "toy", "--model", "B", "--output", "o/references/base-k", "--name", "base"]
+    assert table_header(loaded) == ["method", "point", "learning_rate", "forget", "forget_ci95", "retain",
+                                    "retain_ci95", "n_seeds", "seeds", "runs"]  # fmt: skip
+    # The runs' keys read the toy's evaluator code (this module) like any other benchmark's.
+    tasks = sweep_tasks(loaded, {"base": "B"})
+    assert [task.name for task in tasks] == ["references/base", "ga/learning_rate=0.001/seed42"]
 
     # The other benchmarks' model keys are refused, and the toy is among the valid names.
     path.write_text(yaml.safe_dump({**sweep, "model": "M"}))

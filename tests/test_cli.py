@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -34,9 +35,23 @@ def test_help_and_version() -> None:
     assert version.returncode == 0 and "llamafactory 0.9.5" in version.stdout
 
 
+def test_help_lists_a_benchmark_registered_after_the_cli_was_imported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from unilogit.benchmarks.registry import BENCHMARKS, RWKU
+
+    usage = "  eval late --model M                 a late benchmark\n  late table RESULTS.json            its table\n"
+    monkeypatch.setitem(BENCHMARKS, "late", dataclasses.replace(RWKU, name="late", usage=usage))
+    assert cli.main(["help"]) == 0
+    assert usage in capsys.readouterr().out
+    assert cli.main(["late", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: unilogit late SUBCOMMAND") and "late table RESULTS.json" in out
+
+
 def _commands() -> list[list[str]]:
     """Every command and subcommand that ``unilogit help`` lists, less llamafactory's ("chat | export | ...")."""
-    entries = [line.split("  ")[1] for line in cli.USAGE.splitlines() if re.match(r"  \w", line)]
+    entries = [line.split("  ")[1] for line in cli.usage().splitlines() if re.match(r"  \w", line)]
     ours = [entry.split() for entry in entries if " | " not in entry]
     found = {(words[0],) for words in ours}
     found |= {tuple(words[:2]) for words in ours if len(words) > 1 and re.fullmatch("[a-z]+", words[1])}

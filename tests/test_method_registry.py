@@ -31,7 +31,7 @@ def _toy_term(
     logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None, args: UnlearningArguments
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     SEEN_SCALES.append(args.toy_scale)
-    return toy_loss(logits, labels, args.toy_scale), {}
+    return toy_loss(logits, labels, args.toy_scale), {"toy_seen_scale": torch.tensor(args.toy_scale)}
 
 
 TOY_SCALE = Hyperparameter(
@@ -53,6 +53,8 @@ TOY = Method(
     hyperparameters=(TOY_SCALE,),
     needs_forget_reference=lambda args: False,
     summary="scaled gradient ascent, the registry's test method",
+    summary_zh="按系数缩放的梯度上升，注册表的测试方法",
+    logged=("toy_seen_scale",),
 )
 
 
@@ -83,6 +85,7 @@ def test_a_registered_method_trains_through_the_cli(
     rows = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "loss" in row]
     assert len(steps) == 3 and all(row["forget_loss"] < 0 and "retain_loss" in row for row in steps)
+    assert [row["toy_seen_scale"] for row in steps] == [0.25] * 3  # the term it declares in logged, in the log
     assert yaml.safe_load((tmp_path / "out" / "unlearn_config.yaml").read_text())["toy_scale"] == 0.25
 
     # Its key is checked by its declaration, and a near miss of it is named, like a built-in method's.
@@ -116,6 +119,12 @@ def test_a_registered_method_has_its_knob_in_the_web_panel(toy: Method, tmp_path
     knob = manager.get_elem_by_id("train.toy_scale")
     assert (knob.label, knob.value, knob.visible) == ("Toy scale", 1.0, False)  # unilogit is the default method
     assert knob.info == "How strongly the toy method ascends the forget NLL (> 0)."
+    # The method list's tooltip names it with its summary, in both languages.
+    assert LOCALES["unlearn_method"]["en"]["info"].endswith(
+        "; toy (scaled gradient ascent, the registry's test method)."
+    )
+    assert LOCALES["unlearn_method"]["zh"]["info"].endswith("；toy（按系数缩放的梯度上升，注册表的测试方法）。")
+    assert manager.get_elem_by_id("train.unlearn_method").info == LOCALES["unlearn_method"]["en"]["info"]
     assert LOCALES["toy_scale"]["zh"] == {
         "label": "玩具系数",
         "info": "玩具方法在遗忘集负对数似然上梯度上升的强度（> 0）。",
@@ -165,3 +174,31 @@ def test_register_refuses_a_clash_or_a_bad_declaration(change: dict[str, Any], m
     with pytest.raises(ValueError, match=re.escape(message)):
         register(dataclasses.replace(TOY, **change))
     assert "toy" not in METHODS
+
+
+def test_a_forget_term_that_logs_an_undeclared_scalar_is_refused(
+    tiny_model_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A scalar the trainer would log but trainer_log.jsonl would drop: refused at the first step, not lost."""
+    register(dataclasses.replace(TOY, logged=()))
+    try:
+        with pytest.raises(ValueError, match=re.escape("toy: its forget term returned ['toy_seen_scale']; declare")):
+            _train(capsys, base_config(tiny_model_dir, tmp_path / "out", unlearn_method="toy"), tmp_path)
+    finally:
+        del METHODS["toy"]
+
+
+def test_the_stage_reserves_its_keys_in_the_registry() -> None:
+    """The registry imports nothing of the stage's arguments; they reserve their keys in it when imported, and a
+    method registered before that with one of them is refused then."""
+    from unilogit.stage.args import STAGE_KEYS
+    from unilogit.stage.methods import reserve_keys
+
+    clash = dataclasses.replace(TOY, hyperparameters=(dataclasses.replace(TOY_SCALE, name="toy_key"),))
+    register(clash)
+    try:
+        with pytest.raises(ValueError, match="the key 'toy_key' of a registered method is the stage's own"):
+            reserve_keys(("toy_key",))
+    finally:
+        del METHODS["toy"]
+    reserve_keys(STAGE_KEYS)  # no registered method uses them

@@ -236,6 +236,22 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny) -> None:
     assert all(isinstance(text, str) for text in batched) and any(batched)
 
 
+def test_shared_prefix_generation_matches_plain_batched_generation(tiny) -> None:
+    """KnowMem's few-shot prompts run their common in-context examples once; the answers do not change."""
+    model, tokenizer, _ = tiny
+    data = load_muse(FIXTURES)
+    icl = data.knowmem_forget_icl + data.knowmem_retain_icl
+    prompts = [knowmem_prompt(icl, r["question"]) for r in data.knowmem_forget + data.knowmem_retain]
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1  # the rows' own parts differ in length
+    plain = generate_greedy(model, tokenizer, prompts, max_new_tokens=12, batch_size=1)
+    shared = generate_greedy(model, tokenizer, prompts, max_new_tokens=12, batch_size=len(prompts), share_prefix=True)
+    assert shared == plain and any(plain)
+    # Prompts with too short a common start fall back to plain left-padded batches.
+    assert generate_greedy(model, tokenizer, ["a", "b c"], 3, share_prefix=True) == generate_greedy(
+        model, tokenizer, ["a", "b c"], 3
+    )
+
+
 def test_pad_token_falls_back_to_eos(tiny_model_dir: str, tiny) -> None:
     from transformers import AutoTokenizer
 

@@ -111,6 +111,22 @@ def test_undial_target_is_the_teacher_of_undial_loss() -> None:
     assert losses.undial_loss(student, padded, labels, 3.0) == pytest.approx(float(cross_entropy), rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_per_row_forward_kl_is_the_retain_kl_and_the_formula(dtype: torch.dtype) -> None:
+    """soft_target_kl sums ``losses.forward_kl_rows``, the retain term's forward KL per row: it matches the formula
+    in float64, with normalised log-probabilities as logits too, and its mean is ``kl_retain_loss``."""
+    torch.manual_seed(0)
+    logits, ref = (3 * torch.randn(2, 5, 37)).to(dtype), (3 * torch.randn(2, 5, 37)).to(dtype)
+    labels = torch.tensor([[-100, 4, 9, -100, 2], [-100, -100, 1, 5, 7]])
+    rows, ref_rows = losses.supervised_rows(logits, labels), losses.supervised_rows(ref, labels)
+    log_p, log_r = F.log_softmax(rows.double(), -1), F.log_softmax(ref_rows.double(), -1)
+    expected = (log_r.exp() * (log_r - log_p)).sum(-1)
+    assert torch.allclose(losses.forward_kl_rows(rows, ref_rows).double(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(losses.forward_kl_rows(log_p.float(), ref_rows).double(), expected, rtol=1e-5, atol=1e-6)
+    retain = losses.kl_retain_loss(logits, ref, labels)
+    assert float(losses.forward_kl_rows(rows, ref_rows).mean()) == pytest.approx(float(retain), rel=1e-6)
+
+
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].soft_target is None))
 def test_soft_target_kl_model_is_refused_for_methods_without_soft_targets(method: str) -> None:
     with pytest.raises(ConfigError) as err:

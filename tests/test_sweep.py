@@ -1,11 +1,15 @@
 """``unilogit sweep`` and ``unilogit report SWEEP_DIR``: the sweep file's checks, grid expansion, the commands
-of a point, resuming a killed sweep on the tiny model, Pareto fronts, and the report of a hand-made sweep."""
+of a point and its seeds, the cache key of a run, resuming a killed sweep on the tiny model, the table's means
+and intervals over seeds, Pareto fronts with error bars, and the report of a hand-made sweep."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,13 +18,24 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy import stats
 
 from conftest import ROOT
 from unilogit import cli
+from unilogit.benchmarks.registry import BENCHMARKS, MUSE
 from unilogit.errors import ConfigError
 from unilogit.sweep.config import Point, expand_grid, load_sweep
-from unilogit.sweep.pareto import best_points, dominated, pareto_front, write_report
-from unilogit.sweep.runner import child_env, point_commands, point_folder, reference_commands, run_sweep
+from unilogit.sweep.pareto import dominated, pareto_front, write_report
+from unilogit.sweep.runner import (
+    child_env,
+    evaluator_code,
+    point_commands,
+    point_folder,
+    reference_commands,
+    run_key,
+    run_sweep,
+    sweep_tasks,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rwku"
 MUSE_NPO = str(ROOT / "examples" / "muse" / "npo_rt.yaml")
@@ -59,6 +74,8 @@ def test_a_valid_sweep_file_resolves(tmp_path: Path) -> None:
     assert list(sweep.methods) == ["unilogit_rt", "npo_rt"] and len(sweep.points) == 3 + 4
     assert sweep.methods["npo_rt"].grid == {"learning_rate": [5e-4, 1e-3], "npo_beta": [0.1, 0.5]}
     assert sweep.train_overrides(sweep.points[0]) == ["bf16=false", "learning_rate=0.0005"]
+    assert sweep.seeds == [42]  # a sweep file without seeds runs each point once, with the configs' seed
+    assert sweep.train_overrides(sweep.points[0], seed=43) == ["bf16=false", "learning_rate=0.0005", "seed=43"]
     quick = load_sweep(tmp_path / "s.yaml", quick=True)
     assert quick.output == Path("saves/sweeps/t-quick")  # a smoke run never resumes into the real sweep
     ids = ["unilogit_rt/learning_rate=0.0005", "npo_rt/learning_rate=0.0005,npo_beta=0.1"]
@@ -66,6 +83,10 @@ def test_a_valid_sweep_file_resolves(tmp_path: Path) -> None:
     assert quick.eval_args == ["--max-examples", "4", "--max-examples", "2"]  # the last one wins
     assert quick.train_overrides(quick.points[0]) == ["bf16=false", "learning_rate=0.0005", "num_train_epochs=1"]
     assert json.loads(json.dumps(sweep.to_json()))["points"][0] == "unilogit_rt/learning_rate=0.0005"
+    seeded = load_sweep(_write(tmp_path / "s.yaml", _muse_sweep(seeds=[42, 43, 44])))
+    assert seeded.seeds == [42, 43, 44] and seeded.to_json()["seeds"] == [42, 43, 44]
+    quick_seeds = _muse_sweep(seeds=[42, 43, 44], quick={"points_per_method": 1, "seeds": [7]})
+    assert load_sweep(_write(tmp_path / "s.yaml", quick_seeds), quick=True).seeds == [7]
 
 
 def test_an_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
@@ -101,6 +122,13 @@ def _method(**changes) -> dict:
         ({"methods": _method(overrides=["learning_rate=1"])}, "methods.a: learning_rate is in its overrides and in"),
         ({"methods": _method(overrides=["soft_target_kl_model={retrian}"])}, "{retrian} in 'soft_target_kl_model="),
         ({"methods": _method(overrides=["output_dir=x"])}, "output_dir is set by the sweep for every point"),
+        ({"methods": _method(grid={"seed": [1, 2]})}, "seed is set for every run from the sweep's seeds: list"),
+        ({"overrides": ["seed=1"]}, "overrides: seed is set for every run from the sweep's seeds: list"),
+        ({"seeds": 42}, "seeds: must be a list of whole numbers >= 0, e.g. [42, 43, 44]"),
+        ({"seeds": []}, "seeds: must be a list of whole numbers"),
+        ({"seeds": [42, True]}, "seeds: must be a list of whole numbers"),
+        ({"seeds": [42, 43, 42]}, "seeds: [42, 43, 42] names a seed twice"),
+        ({"sedes": [42]}, "unknown key 'sedes'; did you mean 'seeds'?"),
         (
             {"methods": _method(overrides=["npo_beta=1"]), "overrides": ["npo_beta=2"]},
             "npo_beta is in overrides and in the overrides of a; keep one",
@@ -159,40 +187,61 @@ def test_the_commands_of_a_point(tmp_path: Path) -> None:
     sweep = load_sweep(_write(tmp_path / "s.yaml", _muse_sweep()))
     point = sweep.points[3]  # npo_rt, learning_rate=0.0005, npo_beta=0.1
     models = {"target": "T", "retrain": "R"}
-    train, evaluate = point_commands(sweep, point, models)
-    folder = "saves/sweeps/t/npo_rt/learning_rate=0.0005,npo_beta=0.1"
+    folder = "saves/sweeps/t/npo_rt/learning_rate=0.0005,npo_beta=0.1/seed43-k"
+    train, evaluate = point_commands(sweep, point, models, 43, Path(folder))
     assert train[1:] == ["-m", "unilogit.cli", "train", MUSE_NPO, "model_name_or_path=T",
                          f"output_dir={folder}/model", "bf16=false", "learning_rate=0.0005",
-                         "npo_beta=0.1"]  # fmt: skip
+                         "npo_beta=0.1", "seed=43"]  # fmt: skip
     assert evaluate[3:] == ["eval", "muse", "--model", f"{folder}/model", "--retrain", "R", "--output",
                             f"{folder}/eval", "--name", "npo_rt", "--data", "data/muse_mini",
                             "--max-examples", "4"]  # fmt: skip
-    assert reference_commands(sweep, "target", models)[0][3:9] == ["eval", "muse", "--model", "T", "--retrain", "R"]
+    target = reference_commands(sweep, "target", models, Path("ref"))[0]
+    assert target[3:9] == ["eval", "muse", "--model", "T", "--retrain", "R"] and target[9:11] == ["--output", "ref"]
 
     # A method's own overrides come after the shared ones, with the sweep's models named by {name}.
     sweep = load_sweep(_write(tmp_path / "s.yaml", _muse_sweep(methods={"unilogit_rt": {
         "config": MUSE_UNILOGIT, "grid": {"learning_rate": [1e-3]},
         "overrides": ["soft_target_kl_model={retrain}"]}})))  # fmt: skip
     [point] = sweep.points
-    assert point_commands(sweep, point, models)[0][7:] == [
+    assert point_commands(sweep, point, models, 42, Path("f"))[0][7:] == [
         "bf16=false",
         "soft_target_kl_model=R",
         "learning_rate=0.001",
+        "seed=42",
     ]
     assert sweep.to_json()["methods"]["unilogit_rt"]["overrides"] == ["soft_target_kl_model={retrain}"]
     shipped = load_sweep(ROOT / "examples" / "sweeps" / "muse_mini.yaml")
-    assert {name for name, m in shipped.methods.items() if m.overrides} == {"undial", "unilogit_rt"}
+    assert {name for name, m in shipped.methods.items() if m.overrides} == {
+        "undial", "unilogit_rt", "unilogit_rt_initial", "unilogit_rt_fkl",
+    }  # fmt: skip
 
     rwku = {"benchmark": "rwku", "output": "o", "model": "M", "eval_args": ["--targets", "1-2", "--batch"],
             "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4]}}}}  # fmt: skip
     sweep = load_sweep(_write(tmp_path / "r.yaml", rwku))
-    [run] = point_commands(sweep, sweep.points[0], {"model": "M"})
-    assert run[3:] == ["rwku", "run", RWKU_GA, "--output", "o/ga/learning_rate=0.0003/run", "--name", "ga",
+    [run] = point_commands(sweep, sweep.points[0], {"model": "M"}, 42, Path("o/ga/learning_rate=0.0003/seed42-k"))
+    assert run[3:] == ["rwku", "run", RWKU_GA, "--output", "o/ga/learning_rate=0.0003/seed42-k/run", "--name", "ga",
                        "--model", "M", "--data", "data/rwku_mini", "--targets", "1-2", "--batch",
-                       "learning_rate=0.0003"]  # fmt: skip
-    [before] = reference_commands(sweep, "before", {"model": "M"})
-    assert before[3:] == ["eval", "rwku", "--model", "M", "--name", "before", "--output", "o/references/before",
+                       "learning_rate=0.0003", "seed=42"]  # fmt: skip
+    [before] = reference_commands(sweep, "before", {"model": "M"}, Path("o/references/before-k"))
+    assert before[3:] == ["eval", "rwku", "--model", "M", "--name", "before", "--output", "o/references/before-k",
                           "--data", "data/rwku_mini", "--targets", "1-2"]  # fmt: skip
+
+
+def test_every_point_runs_once_per_seed(tmp_path: Path) -> None:
+    sweep = load_sweep(_write(tmp_path / "r.yaml", {
+        "benchmark": "rwku", "output": str(tmp_path / "out"), "model": "M", "seeds": [42, 43, 44],
+        "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4, 5e-4]}}},
+    }))  # fmt: skip
+    tasks = sweep_tasks(sweep, {"model": "M"})
+    assert [task.name for task in tasks] == ["references/before", *(f"ga/learning_rate={lr}/seed{seed}"
+                                             for seed in (42, 43, 44) for lr in ("0.0003", "0.0005"))]  # fmt: skip
+    runs = tasks[1:]
+    assert len({task.folder for task in runs}) == 6  # a folder per run
+    for task in runs:
+        seed = task.record["seed"]
+        assert task.folder.parent == point_folder(sweep, task.point) and task.folder.name.startswith(f"seed{seed}-")
+        assert task.commands[0][-1] == f"seed={seed}" and task.record["key"] in task.folder.name
+    assert tasks[0].folder.name.startswith("before-")
 
 
 def test_child_env_shares_the_cpu_cores_or_gives_each_point_a_device() -> None:
@@ -228,7 +277,9 @@ def test_a_killed_sweep_resumes_without_redoing_finished_points(tiny_model_dir: 
         "eval_args": ["--targets", "2", "--no-utility", "--fluency-tokens", "4"],
         "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4, 5e-4, 7e-4]}}},
     })  # fmt: skip
-    folders = [out / "ga" / f"learning_rate={lr}" for lr in ("0.0003", "0.0005", "0.0007")]
+    # The run folders, seed42-<key> under each point, as the runner's own key function names them.
+    folders = [task.folder for task in sweep_tasks(load_sweep(sweep_file), {"model": tiny_model_dir})[1:]]
+    assert [f.parent.name for f in folders] == [f"learning_rate={lr}" for lr in ("0.0003", "0.0005", "0.0007")]
     command = [sys.executable, "-m", "unilogit.cli", "sweep", str(sweep_file)]
     log = tmp_path / "first.log"
     with log.open("w") as handle:
@@ -260,31 +311,143 @@ def test_a_killed_sweep_resumes_without_redoing_finished_points(tiny_model_dir: 
         assert not (folder / "stale").exists() and (folder / "run" / "rwku_results.json").is_file()
     point = json.loads((folders[0] / "point.json").read_text())
     assert point["hyperparameters"] == {"learning_rate": 3e-4} and point["commands"][0][3:5] == ["rwku", "run"]
+    assert point["seed"] == 42 and point["commands"][0][-1] == "seed=42"
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     assert metrics["method"] == "ga" and "per_target" not in metrics and metrics["forget_all"] is not None
+    assert metrics["seed"] == 42
     with (out / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["method"], r["point"], r["learning_rate"]) for r in rows] == [
         ("before", "", ""), ("ga", "ga/learning_rate=0.0003", "0.0003"), ("ga", "ga/learning_rate=0.0005", "0.0005"),
         ("ga", "ga/learning_rate=0.0007", "0.0007"),
     ]  # fmt: skip
-    assert rows[0]["forget_all"] and rows[0]["mmlu"] == ""
+    assert rows[0]["forget_all"] and rows[0]["mmlu"] == "" and rows[0]["forget_all_ci95"] == ""
+    assert [(r["n_seeds"], r["seeds"]) for r in rows] == [("1", "–"), *[("1", "42")] * 3]
+    assert rows[1]["runs"] == folders[0].relative_to(out).as_posix() and rows[1]["forget_all_ci95"] == ""
     assert "| ga | ga/learning_rate=0.0005 | 0.0005 |" in (out / "sweep.md").read_text()
-    assert json.loads((out / "sweep.json").read_text())["points"] == [f"ga/{f.name}" for f in folders]
+    assert json.loads((out / "sweep.json").read_text())["points"] == [f"ga/{f.parent.name}" for f in folders]
 
 
-def test_a_finished_point_with_other_settings_is_refused(tmp_path: Path) -> None:
-    sweep = load_sweep(_write(tmp_path / "s.yaml", {
-        "benchmark": "rwku", "output": str(tmp_path / "out"), "model": "M",
-        "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4]}}},
-    }))  # fmt: skip
-    folder = point_folder(sweep, sweep.points[0])
+def _model(folder: Path, weights: bytes) -> Path:
     folder.mkdir(parents=True)
-    (folder / "point.json").write_text(json.dumps({"commands": [["python", "rwku", "run", "other.yaml"]]}))
-    (folder / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigError, match="ga/learning_rate=0.0003 finished with other settings") as err:
-        run_sweep(sweep)
-    assert "\n" not in str(err.value) and not (sweep.output / "references").exists()  # nothing ran
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_a_run_is_keyed_by_what_its_numbers_depend_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key follows the resolved config, the data's bytes, the models' bytes and the evaluator's code, and
+    nothing else (not the folders or the command line)."""
+    eval_data = shutil.copytree(FIXTURES.parent / "muse", tmp_path / "eval-data")
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "forget.json").write_text(json.dumps([{"text": "The forget set."}]))
+    info = {"f": {"file_name": "forget.json", "columns": {"prompt": "text"}}}
+    (train / "dataset_info.json").write_text(json.dumps(info))
+    config = tmp_path / "npo.yaml"
+    config.write_text(Path(MUSE_NPO).read_text())
+    models = {"target": str(_model(tmp_path / "target", b"target")), "retrain": str(_model(tmp_path / "retrain", b"r"))}
+    spec = {"benchmark": "muse", "output": str(tmp_path / "out"), "data": str(eval_data),
+            "target_model": models["target"], "retrain_model": models["retrain"],
+            "overrides": [f"dataset_dir={train}", "dataset=f", "retain_dataset=f"],
+            "methods": {"npo_rt": {"config": str(config), "grid": {"learning_rate": [1e-3]}}}}  # fmt: skip
+    sweep = load_sweep(_write(tmp_path / "s.yaml", spec))
+    [point] = sweep.points
+
+    def key(seed: int = 42) -> str:
+        return run_key(sweep, point, seed, models)
+
+    first = key()
+    assert key() == first and key(43) != first
+    moved = load_sweep(_write(tmp_path / "s.yaml", {**spec, "output": str(tmp_path / "elsewhere")}))
+    assert run_key(moved, point, 42, models) == first  # not the folders
+    (tmp_path / "target" / "muse_eval-x").mkdir()  # results kept beside a model are not the model
+    (tmp_path / "target" / "muse_eval-x" / "muse_results.json").write_text("{}")
+    assert key() == first
+
+    def changes_the_key(path: Path, text: bytes) -> None:
+        before = path.read_bytes()
+        path.write_bytes(text)
+        assert key() != first, path
+        path.write_bytes(before)
+        assert key() == first  # by content: the old bytes give the old key back
+
+    changes_the_key(config, config.read_bytes() + b"warmup_ratio: 0.1\n")  # the method's YAML
+    changes_the_key(train / "forget.json", b'[{"text": "Another forget set."}]')  # its training data
+    changes_the_key(train / "dataset_info.json", b'{"f": {"file_name": "forget.json"}}')
+    changes_the_key(eval_data / "knowmem" / "forget_qa.json", b"[]")  # the evaluation data
+    changes_the_key(tmp_path / "retrain" / "model.safetensors", b"other weights")  # the retrained model
+    changes_the_key(tmp_path / "target" / "model.safetensors", b"other weights")  # the model it starts from
+    flagged = load_sweep(_write(tmp_path / "flagged.yaml", {**spec, "eval_args": ["--max-examples", "2"]}))
+    assert run_key(flagged, point, 42, models) != first  # the evaluator's flags
+
+    # The evaluator's code: its module and what it imports of the evaluation and the leaves, by their bytes.
+    names = {path.relative_to(ROOT / "src" / "unilogit").as_posix() for path in evaluator_code(MUSE)}
+    assert {"evaluation/muse.py", "evaluation/common.py", "evaluation/mia.py", "evaluation/divergence.py",
+            "evaluation/text_overlap.py", "losses.py", "models.py", "benchmarks/muse.py"} <= names  # fmt: skip
+    assert not any(name.startswith(("stage/", "sweep/")) for name in names)
+    evaluator = tmp_path / "code" / "toy_evaluator.py"
+    evaluator.parent.mkdir()
+    evaluator.write_text("from unilogit.evaluation.mia import auc\n")
+    monkeypatch.syspath_prepend(str(evaluator.parent))
+    monkeypatch.setitem(BENCHMARKS, "muse", dataclasses.replace(MUSE, evaluator="toy_evaluator"))
+    assert {"toy_evaluator.py", "mia.py"} <= {path.name for path in evaluator_code(BENCHMARKS["muse"])}
+    toy_first = key()
+    evaluator.write_text(evaluator.read_text() + "# an edit\n")
+    assert key() != toy_first
+
+
+def _finish(task, metrics: dict) -> None:
+    """Write what a finished run (or reference evaluation) leaves, without running it."""
+    task.folder.mkdir(parents=True)
+    if task.point is None:
+        task.done.write_text(json.dumps({task.row: metrics}))
+    else:
+        row = {"method": task.row, "point": task.point.id, "hyperparameters": task.point.params, **metrics}
+        task.done.write_text(json.dumps({**row, "seed": task.record["seed"]}))
+
+
+def test_finished_runs_are_reused_and_changed_ones_get_new_folders(tmp_path: Path, capsys) -> None:
+    data = shutil.copytree(FIXTURES, tmp_path / "data")
+    sweep_file = _write(tmp_path / "r.yaml", {
+        "benchmark": "rwku", "output": str(tmp_path / "out"), "model": "M", "data": str(data), "seeds": [42, 43, 44],
+        "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4, 5e-4]}}},
+    })  # fmt: skip
+    sweep = load_sweep(sweep_file)
+    tasks = sweep_tasks(sweep, {"model": "M"})
+    forget = {42: 10.0, 43: 20.0, 44: 60.0}
+    _finish(tasks[0], {"forget_all": 90.0, "neighbor_all": 80.0})
+    for task in tasks[1:]:
+        _finish(task, {"forget_all": forget[task.record["seed"]], "neighbor_all": 70.0, "mmlu": None})
+    assert run_sweep(sweep) == 0  # nothing left to run: no subprocess starts
+    assert "0 of 7 runs to do" in capsys.readouterr().err
+    with (sweep.output / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["point"] for row in rows] == ["", "ga/learning_rate=0.0003", "ga/learning_rate=0.0005"]
+    half = stats.t.ppf(0.975, 2) * stats.tstd([10.0, 20.0, 60.0]) / math.sqrt(3)
+    assert float(rows[1]["forget_all"]) == pytest.approx(30.0)
+    assert float(rows[1]["forget_all_ci95"]) == pytest.approx(half)  # over the 3 seeds
+    assert float(rows[1]["neighbor_all_ci95"]) == 0.0 and rows[1]["mmlu"] == rows[1]["mmlu_ci95"] == ""
+    assert (rows[1]["n_seeds"], rows[1]["seeds"]) == ("3", "42, 43, 44")
+    assert (rows[0]["n_seeds"], rows[0]["seeds"], rows[0]["forget_all_ci95"]) == ("1", "–", "")  # the reference
+    assert len(rows[1]["runs"].split()) == 3
+    [line] = [x for x in (sweep.output / "sweep.md").read_text().splitlines() if "| ga/learning_rate=0.0003 |" in x]
+    assert f"| 30.0 ± {half:.1f} |" in line and line.endswith("| 42, 43, 44 |")
+
+    # Other data bytes: every run and the reference get a new folder; the finished ones stay as they were.
+    before = {task.folder: task.done.read_bytes() for task in tasks}
+    (data / "forget_target" / "train.json").write_text("[]")
+    changed = sweep_tasks(sweep, {"model": "M"})
+    assert not {task.folder for task in changed} & set(before)
+    assert all(folder.is_dir() and (folder / "metrics.json").is_file() for folder in before if "seed" in folder.name)
+    for task in changed:
+        _finish(task, {"forget_all": 5.0, "neighbor_all": 50.0})
+    assert run_sweep(sweep) == 0
+    err = capsys.readouterr().err
+    assert "0 of 7 runs to do" in err and "6 run folders of other settings" in err
+    assert all(task.done.read_bytes() == done for task, done in zip(tasks, before.values(), strict=True))
+    with (sweep.output / "sweep.csv").open() as handle:
+        assert [row["forget_all"] for row in csv.DictReader(handle)] == ["5.0", "5.0", "5.0"]  # the new runs only
 
 
 # --------------------------------------------------------------------------------------- Pareto fronts
@@ -304,22 +467,30 @@ def test_pareto_front_keeps_the_non_dominated_points() -> None:
 # --------------------------------------------------------------------------------------------- report
 
 
-def _handmade_muse_sweep(folder: Path) -> Path:
+def _handmade_muse_sweep(folder: Path, intervals: bool = True) -> Path:
+    """A finished MUSE sweep's sweep.json and sweep.csv: the references, then points of methods a and b with
+    their 95% intervals (b's last point has one seed, so none); ``intervals=False``: a sweep from before seeds."""
     folder.mkdir()
-    meta = {"benchmark": "muse", "sweep_file": "s.yaml", "data": "data/muse_mini", "methods": {"a": {}, "b": {}}}
+    meta = {"benchmark": "muse", "sweep_file": "s.yaml", "data": "data/muse_mini", "methods": {"a": {}, "b": {}},
+            "seeds": [42, 43, 44]}  # fmt: skip
     (folder / "sweep.json").write_text(json.dumps(meta))
-    header = ["method", "point", "learning_rate", "npo_beta", "verbmem_f", "knowmem_f", "knowmem_r", "privleak",
-              "kl_to_retrain"]  # fmt: skip
-    rows = [
-        ["target", "", "", "", 60, 50, 40, -90, 0.5],
-        ["retrain", "", "", "", 20, 10, 41, 0, 0.0],
-        ["a", "a/learning_rate=0.001", "0.001", "", 40, 30, 39, -50, 0.3],
-        ["a", "a/learning_rate=0.002", "0.002", "", 30, 20, 38.5, -40, 0.2],
-        ["a", "a/learning_rate=0.004", "0.004", "", 10, 5, 30, -10, 0.1],
-        ["b", "b/learning_rate=0.001,npo_beta=0.1", "0.001", "0.1", 35, 10, 37, -30, 0.25],
-        ["b", "b/learning_rate=0.002,npo_beta=0.1", "0.002", "0.1", 20, 2, 20, -20, 0.15],
-        ["b", "b/learning_rate=0.004,npo_beta=0.1", "0.004", "0.1", 50, 8, 10, "", ""],
+    metrics = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "kl_to_retrain"]
+    header = ["method", "point", "learning_rate", "npo_beta", *metrics]
+    b = "npo_beta=0.1"
+    rows = [  # each metric, then its interval
+        ["target", "", "", "", 60, "", 50, "", 40, "", -90, "", 0.5, "", 1, "–"],
+        ["retrain", "", "", "", 20, "", 10, "", 41, "", 0, "", 0.0, "", 1, "–"],
+        ["a", "a/learning_rate=0.001", "0.001", "", 40, 4, 30, 3, 39, 1, -50, 5, 0.3, 0.05, 3, "42, 43, 44"],
+        ["a", "a/learning_rate=0.002", "0.002", "", 30, 3, 20, 2.5, 38.5, 1, -40, 5, 0.2, 0.05, 3, "42, 43, 44"],
+        ["a", "a/learning_rate=0.004", "0.004", "", 10, 1, 5, 1, 30, 2, -10, 5, 0.1, 0.02, 3, "42, 43, 44"],
+        ["b", f"b/learning_rate=0.001,{b}", "0.001", "0.1", 35, 2, 10, 2, 37, 1, -30, 3, 0.25, 0.01, 2, "42, 43"],
+        ["b", f"b/learning_rate=0.002,{b}", "0.002", "0.1", 20, 2, 2, 1, 20, 3, -20, 3, 0.15, 0.01, 2, "42, 43"],
+        ["b", f"b/learning_rate=0.004,{b}", "0.004", "0.1", 50, "", 8, "", 10, "", "", "", "", "", 1, "42"],
     ]
+    if intervals:
+        header = [*header[:4], *(name for key in metrics for name in (key, f"{key}_ci95")), "n_seeds", "seeds"]
+    else:
+        rows = [[*row[:4], *row[4:14:2]] for row in rows]
     with (folder / "sweep.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
     return folder
@@ -338,13 +509,22 @@ def test_report_of_a_muse_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -
         if path.suffix == ".svg":
             assert "<svg" in path.read_text()[:2000]
     summary = (sweep_dir / "report" / "summary.md").read_text()
-    assert "**Rule:** per method, the lowest KnowMem_f among the points whose KnowMem_r is at least 95% of the " \
-           "target's (KnowMem_r ≥ 38.00)" in summary  # fmt: skip
-    assert "| a | a/learning_rate=0.002 | 30.0 | 20.0 | 38.5 |" in summary  # (30, 5) has too little KnowMem_r
-    assert "| b | none meets the rule |" in summary
+    assert "best" not in summary.lower()  # scored on the test items, so no point is called the best
+    assert "seeds 42, 43, 44" in summary and "95% confidence interval" in summary
+    fronts = summary.split("## Pareto front per method")[1].split("## Dominated points")[0]
+    knowmem = fronts.split("as in `pareto-knowmem`")[1].split("as in `pareto-verbmem`")[0]
+    assert "| a | a/learning_rate=0.001 | 40.0 ± 4.0 | 30.0 ± 3.0 | 39.0 ± 1.0 | -50.0 ± 5.0 | 0.3000 ± 0.0500 |" \
+           " 42, 43, 44 |" in knowmem  # fmt: skip
+    assert "a/learning_rate=0.002" in knowmem and "a/learning_rate=0.004" in knowmem  # a's three trade-offs
+    assert "b/learning_rate=0.001,npo_beta=0.1" in knowmem and "b/learning_rate=0.004" not in knowmem  # (10, 8)
+    assert "b/learning_rate=0.004" not in fronts  # dominated by b's (20, 2) and (20, 20) on both plots
     dominated_part = summary.split("## Dominated points")[1].split("## All points")[0]
     assert "- b/learning_rate=0.004,npo_beta=0.1" in dominated_part  # (10, 8) < (30, 5) on KnowMem
-    assert "| target |  |  |  | 60.0 |" in summary.split("## All points")[1]
+    everything = summary.split("## All points")[1]
+    assert "| target |  |  |  | 60.0 | 50.0 | 40.0 | -90.0 | 0.5000 | – |" in everything
+    assert "| b | b/learning_rate=0.004,npo_beta=0.1 | 0.004 | 0.1 | 50.0 | 8.0 | 10.0 | n/a | n/a | 42 |" in everything
+    for plot in ("pareto-knowmem", "pareto-verbmem", "pareto-sweep"):  # error bars: matplotlib's LineCollections
+        assert 'id="LineCollection_' in (sweep_dir / "report" / f"{plot}.svg").read_text()
 
     err = capsys.readouterr().err  # no point logged soft_target_kl: said in one line, the bars drawn alone
     assert len([line for line in err.splitlines() if "soft_target_kl" in line]) == 1
@@ -399,19 +579,38 @@ def test_report_draws_the_soft_target_kl_per_epoch(tmp_path: Path, capsys: pytes
     assert sorted(p.suffix for p in figure) == [".png", ".svg"]
     assert all(p.stat().st_size > 0 for p in figure)
     svg = next(p for p in figure if p.suffix == ".svg").read_text()
-    assert "Soft targets vs the retrained model, per epoch" in svg and "Lowest KL to retrain per method" in svg
+    assert "Soft targets vs the retrained model, per epoch" in svg and "KL to retrain of every point" in svg
     assert "soft_target_kl" not in capsys.readouterr().err  # nothing to say: the points have the logs
 
+    # A point run with several seeds: its curve is the mean of its runs' logs, epoch by epoch.
+    _trainer_log(sweep_dir / "a" / "learning_rate=0.001" / "seed42-k" / "model", [0.8, 0.6])
+    _trainer_log(sweep_dir / "a" / "learning_rate=0.001" / "seed43-k" / "model", [0.6, 0.2])
+    row = {"method": "a", "point": "a/learning_rate=0.001", "runs": ["a/learning_rate=0.001/seed42-k",
+                                                                    "a/learning_rate=0.001/seed43-k"]}  # fmt: skip
+    [(epoch0, kl0), (epoch1, kl1)] = soft_target_curves(sweep_dir, [row])["a/learning_rate=0.001"]
+    assert (epoch0, epoch1) == (0.0, 1.0) and kl0 == pytest.approx(0.7) and kl1 == pytest.approx(0.4)
 
-def test_rwku_rule_needs_neighbors_and_mmlu() -> None:
-    before = {"method": "before", "point": "", "neighbor_all": 40.0, "forget_all": 50.0, "mmlu": 50.0}
-    points = [
-        {"method": "ga", "point": "ga/1", "neighbor_all": 35.0, "forget_all": 20.0, "mmlu": 46.0},
-        {"method": "ga", "point": "ga/2", "neighbor_all": 36.0, "forget_all": 10.0, "mmlu": 40.0},  # MMLU -20%
-        {"method": "npo", "point": "npo/1", "neighbor_all": 30.0, "forget_all": 5.0, "mmlu": 50.0},  # neighbors
-    ]
-    rule, best = best_points("rwku", points, {"before": before})
-    assert "at least 85%" in rule and "(Neighbor All ≥ 34.00)" in rule and "MMLU ≥ 45.00" in rule
-    assert best == {"ga": points[0], "npo": None}
-    rule, best = best_points("rwku", points, {"before": {**before, "mmlu": None}})
-    assert "MMLU was not evaluated" in rule and best["ga"] is points[1]
+
+def test_pareto_points_carry_their_intervals_as_error_bars(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from unilogit.sweep.pareto import _pareto_panel, read_sweep
+
+    _, rows = read_sweep(_handmade_muse_sweep(tmp_path / "sweep"))
+    points = [row for row in rows if row["point"]]
+    assert points[0]["knowmem_r_ci95"] == 1.0 and points[0]["n_seeds"] == 3 and points[-1]["knowmem_r_ci95"] is None
+    ax = Figure().add_subplot()
+    _pareto_panel(ax, MUSE.plots[0], points, {}, ["a", "b"], {})
+    a_bars, b_bars = ax.containers  # one errorbar container per method
+    x_bars, y_bars = a_bars.lines[2]
+    # Method a's first point: KnowMem_r 39 ± 1 across, KnowMem_f 30 ± 3 up and down.
+    assert x_bars.get_segments()[0].tolist() == [[38.0, 30.0], [40.0, 30.0]]
+    assert y_bars.get_segments()[0].tolist() == [[39.0, 27.0], [39.0, 33.0]]
+    # b's one-seed point has no interval: a bar of length 0.
+    assert b_bars.lines[2][0].get_segments()[2].tolist() == [[10.0, 8.0], [10.0, 8.0]]
+
+    old = tmp_path / "old"
+    _handmade_muse_sweep(old, intervals=False)  # a sweep from before seeds: no bars at all
+    write_report(old)
+    assert "LineCollection" not in (old / "report" / "pareto-knowmem.svg").read_text()
+    assert "| a | a/learning_rate=0.001 | 40.0 | 30.0 | 39.0 |" in (old / "report" / "summary.md").read_text()

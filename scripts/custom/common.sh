@@ -47,3 +47,16 @@ effective_batch_args() {
   for (( p = ${per:-1}; share % p != 0; p-- )); do :; done
   echo "per_device_train_batch_size=$p gradient_accumulation_steps=$(( share / p ))"
 }
+
+# Reads SEEDS (the run_all drivers' training seeds; default "42 43 44") into the array SEEDS_LIST: whole numbers,
+# each once. $1 names the benchmark in error messages.
+read_seeds() {
+  read -ra SEEDS_LIST <<<"${SEEDS:-42 43 44}"
+  (( ${#SEEDS_LIST[@]} > 0 )) || die "$1" "SEEDS is empty; give the training seeds, e.g. SEEDS=\"42 43 44\""
+  local seed seen=" "
+  for seed in "${SEEDS_LIST[@]}"; do
+    [[ "$seed" =~ ^[0-9]+$ ]] || die "$1" "SEEDS=\"${SEEDS:-}\": $seed is not a whole number; e.g. SEEDS=\"42 43 44\""
+    [[ "$seen" != *" $seed "* ]] || die "$1" "SEEDS=\"${SEEDS:-}\" names $seed twice; list each seed once"
+    seen+="$seed "
+  done
+}

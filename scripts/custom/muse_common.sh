@@ -69,20 +69,28 @@ muse_prepare() {
   RETRAIN="$(sed -n 's/^retrain=//p' <<<"$out")"
 }
 
-# Cached evaluations are keyed by the evaluator's code, the local data's bytes, the retrain model (PrivLeak and
-# the KL are relative to it; a local one by its files' names, sizes and times) and the tokenizer, so none of
-# them changes without a fresh evaluation.
+# The key of a cached evaluation of model $1, by content (unilogit.fingerprint): the bytes of model $1 and of the
+# retrain model (PrivLeak and the KL are relative to it; a model folder by its top-level files, so the evaluations
+# cached inside it do not count; a hub id by its name), the data's bytes, the tokenizer, the evaluation's options,
+# and the evaluator's source files as the sweeps find them (sweep.runner.evaluator_code). None of them changes
+# without a fresh evaluation.
 eval_key() {
-  { cat src/unilogit/evaluation/{muse,common,mia,text_overlap,divergence}.py src/unilogit/losses.py
-    if [[ -d "$EVAL_DATA" ]]; then find "$EVAL_DATA" -type f | sort | xargs cat; fi
-    if [[ -d "$RETRAIN" ]]; then find "$RETRAIN" -maxdepth 1 -type f -printf '%f %s %T@\n' | sort; fi
-    echo "retrain=$RETRAIN tokenizer=${TOKENIZER:-}"
-  } | sha256sum | cut -c1-12
+  .venv/bin/python - "$1" "$RETRAIN" "$EVAL_DATA" "${TOKENIZER:-}" "${EVAL_ARGS[@]}" <<'PY'
+import sys
+
+from unilogit.benchmarks.registry import MUSE
+from unilogit.fingerprint import fingerprint
+from unilogit.sweep.runner import evaluator_code
+
+model, retrain, data, tokenizer, *options = sys.argv[1:]
+models = fingerprint(model, retrain, shallow=True)
+print(fingerprint(models, data, {"tokenizer": tokenizer, "options": options}, *evaluator_code(MUSE)))
+PY
 }
 
 # Where the evaluation of model $1 is kept: beside a local model, else under saves/muse/evals.
 eval_dir() {
-  local tag; tag="$DATA_TAG${MAX_EXAMPLES:+-n$MAX_EXAMPLES}-$(eval_key)"
+  local tag; tag="$DATA_TAG${MAX_EXAMPLES:+-n$MAX_EXAMPLES}-$(eval_key "$1")"
   if [[ -d "$1" ]]; then echo "$1/muse_eval-$tag"; else echo "saves/muse/evals/${1//\//__}-$tag"; fi
 }
 

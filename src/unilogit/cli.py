@@ -15,18 +15,21 @@ from pathlib import Path
 from unilogit.benchmarks.registry import BENCHMARKS
 from unilogit.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 
-# Each benchmark's lines (`eval NAME ...`, `NAME SUBCOMMAND ...`) come from its descriptor.
-USAGE = (
-    """usage: unilogit <command> [args]
+
+def usage() -> str:
+    """The text of ``unilogit help``. Each benchmark's lines (``eval NAME ...``, ``NAME SUBCOMMAND ...``) come from
+    its descriptor, read at call time, so a benchmark registered after this module was imported is listed."""
+    return (
+        """usage: unilogit <command> [args]
 
 commands:
   train CONFIG.yaml [key=value ...]   train; stage: unlearn runs unlearning, other stages go to llamafactory
   report OUTPUT_DIR [--overwrite]     forget/retain NLL of an unlearn run vs its initial model, as a table
-  sweep SWEEP.yaml [--jobs N] [--quick] hyperparameter sweep, resumable, N points at once; writes sweep.csv/.md
-  report SWEEP_DIR                    Pareto plots, KL figure and best point per method of a sweep (has sweep.json)
+  sweep SWEEP.yaml [--jobs N] [--quick] hyperparameter sweep over seeds, resumable, N runs at once; sweep.csv/.md
+  report SWEEP_DIR                    Pareto plots with error bars, KL figure, each method's front (has sweep.json)
 """
-    + "".join(benchmark.usage for benchmark in BENCHMARKS.values())
-    + """\
+        + "".join(benchmark.usage for benchmark in BENCHMARKS.values())
+        + """\
   webui                               LLaMA Board with the Unlearning stage (GRADIO_SERVER_PORT sets the port)
   version                             print the unilogit and llamafactory versions
   help                                show this message
@@ -35,13 +38,14 @@ commands:
 
 Set UNILOGIT_DEBUG=1 to see full tracebacks for configuration errors.
 """
-)
+    )
+
 
 DELEGATED = ("chat", "export", "api", "webchat", "env", "eval")
 HELP_FLAGS = ("-h", "--help")
-# Commands whose --help is their lines of USAGE: those with subcommands (each subcommand has its own --help)
-# and those without options.
-SUMMARIZED = (*BENCHMARKS, "eval", "webui", "version")
+# Commands whose --help is their lines of usage(), besides the benchmarks (which have subcommands, each with its
+# own --help): eval, and those without options.
+SUMMARIZED = ("eval", "webui", "version")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     command = argv.pop(0) if argv else "help"
     try:
         if command in ("help", *HELP_FLAGS):
-            print(USAGE)
-        elif command in SUMMARIZED and argv[:1] and argv[0] in HELP_FLAGS:
+            print(usage())
+        elif command in (*BENCHMARKS, *SUMMARIZED) and argv[:1] and argv[0] in HELP_FLAGS:
             print(_usage_of(command))
         elif command in ("version", "--version"):
             print(_version())
@@ -103,9 +107,9 @@ def _install_stub() -> None:
 
 
 def _usage_of(command: str) -> str:
-    """``command``'s entries of USAGE (with their continuation lines), as its ``--help``."""
+    """``command``'s entries of :func:`usage` (with their continuation lines), as its ``--help``."""
     entries: list[str] = []
-    for line in USAGE.split("commands:\n", 1)[1].split("\n\n", 1)[0].splitlines():
+    for line in usage().split("commands:\n", 1)[1].split("\n\n", 1)[0].splitlines():
         if line.startswith("   "):  # the description of a long entry, on its own line
             entries[-1] += "\n" + line
         else:

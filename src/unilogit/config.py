@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import os
 import re
 import reprlib
@@ -28,6 +29,26 @@ _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
 def show(value: Any) -> str:
     """A config value as error messages quote it: its repr, shortened, always on one line."""
     return _REPR.repr(value)
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise ``ConfigError`` unless ``value`` is one of the strings ``allowed``, naming them."""
+    if not (isinstance(value, str) and value in allowed):
+        raise ConfigError(f"{key}: {show(value)} is not valid; allowed values: {' | '.join(allowed)}")
+
+
+def check_number(key: str, value: Any, low: float | None = None, strict: bool = False) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a finite number (not a bool) at or above ``low`` (above it with
+    ``strict``), naming the bound."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"{key}: {show(value)} is not a number; use e.g. {key}=0.5")
+    try:
+        ok = math.isfinite(value) and (low is None or (value > low if strict else value >= low))
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        bound = "" if low is None else f" > {low:g}" if strict else f" >= {low:g}"
+        raise ConfigError(f"{key}: {show(value)} is out of range; use a finite number{bound}")
 
 
 def nearest_key(key: Any, valid: list[str]) -> str | None:

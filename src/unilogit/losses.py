@@ -397,3 +397,12 @@ def kl_retain_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch
     L = token mean of KL(p_ref ‖ p_θ) = Σ_v p_ref(v) · (log p_ref(v) − log p_θ(v)).
     """
     return token_mean(_per_position(_ForwardKL(), logits, labels, ref_logits)[0])
+
+
+def forward_kl_rows(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """The forward KL of :func:`kl_retain_loss` per row of ``[N, V]`` rows (each row its own position):
+    ``[N]`` fp32 values KL(softmax(ref_logits[n]) ‖ softmax(logits[n])). Log-probabilities are logits too."""
+    rows = (_rows_of(logits.size(0), logits.device),)
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    # The kernel reads no labels; ``y`` only gives the row count that sets the chunks.
+    return _RowLoss.apply(logits, _ForwardKL(), rows, rows[0], (ref_logits, rows), grad)

@@ -15,13 +15,12 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from unilogit.atomic import atomic_folder
 from unilogit.config import show
 from unilogit.errors import ConfigError, first_line
 
@@ -79,20 +78,11 @@ def _convert_gguf(alias: str, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_name, dtype=torch.float32)
     # The GGUF metadata names <|im_start|> as EOS; the original checkpoint ends turns (and pads) with <|im_end|>.
     tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a sibling temp folder and rename, so an interrupted conversion is never mistaken for a model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
+    # Built aside and renamed, so an interrupted conversion is never mistaken for a model; when two processes
+    # convert at once (a sweep's first points), the first to finish wins.
+    with atomic_folder(target, marker="config.json") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Two processes converted at once (a sweep's first points): the first rename won; keep its folder.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"[unilogit] {alias} ready", file=sys.stderr)
 
 

@@ -72,20 +72,34 @@ def merge_tables(
     write: Callable[..., None],
 ) -> dict[str, Any]:
     """``unilogit muse|rwku table RESULTS.json ... [--save OUT.json] [--note TEXT] [--rename OLD=NEW]``: merge
-    results files (name -> metrics) into one table, print it, and with ``--save`` write it with its ``.md`` twin."""
+    results files (name -> metrics) into one table, print it, and with ``--save`` write it with its ``.md`` twin.
+    Rows of the same name are runs of one method with different training seeds: they become one row with each
+    metric's mean and 95% confidence interval (a saved table's rows count as the runs they were made of)."""
+    from unilogit.evaluation.seeds import aggregate_seeds, record_seed, seed_runs
+
     parser = CommandParser(prog=prog, description=merge_tables.__doc__)
-    parser.add_argument("results", nargs="+", help=f"results files written by {produced_by}")
+    parser.add_argument("results", nargs="+", help=f"results files written by {produced_by}, or saved tables")
     parser.add_argument("--save", help="also write the merged JSON here (and its .md twin); refused if it exists")
     parser.add_argument("--note", default="", help="text written above the table in the .md twin")
     parser.add_argument("--rename", action="append", default=[], help="OLD=NEW row name (repeatable)")
     args = parser.parse_args(argv)
     renames = dict(item.split("=", 1) for item in args.rename if "=" in item)
-    merged: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    source: dict[tuple[str, int | None], str] = {}  # (row name, seed) -> the file it came from
     for path in args.results:
         if not Path(path).is_file():
             raise ConfigError(f"{path} does not exist; run {produced_by} first")
         for name, row in json.loads(Path(path).read_text()).items():
-            merged[renames.get(name, name)] = row
+            name = renames.get(name, name)
+            for run in seed_runs(row):
+                seed = record_seed(run)
+                if (name, seed) in source:
+                    which = "no recorded seed" if seed is None else f"seed {seed}"
+                    raise ConfigError(f"{path}: {name!r} with {which} is also in {source[name, seed]}; give each "
+                                      "run's results once, or --rename one of them")  # fmt: skip
+                source[name, seed] = path
+                runs.setdefault(name, []).append(run)
+    merged = {name: aggregate_seeds(records) for name, records in runs.items()}
     if args.save:
         save = Path(args.save)
         if save.exists():

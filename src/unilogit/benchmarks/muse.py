@@ -1,7 +1,7 @@
 """The MUSE benchmark commands: ``unilogit muse prepare``, ``muse datasets`` and ``unilogit eval muse``.
 
-``prepare`` trains (or reuses from the cache) the target model (forget + retain1) and the retrained
-gold model (retain1 only) with llamafactory's ``pt`` stage, on the embedded mini corpus or on a local
+``prepare`` trains (or reuses from the cache) the target model (forget, retain1, retain2) and the retrained
+gold model (retain1, retain2) with llamafactory's ``pt`` stage, on the embedded mini corpus or on a local
 MUSE-format folder's ``raw/`` splits (``--data``). ``datasets`` registers such a folder's forget and
 retain1 texts as llamafactory datasets, for unlearning. ``eval muse`` scores any model on a MUSE-schema
 dataset (the embedded mini benchmark, a local export, or the hub) and writes a JSON file and a Markdown
@@ -24,13 +24,16 @@ from unilogit.paths import data_dir, project_root, saves_dir, shipped
 PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
 # The default data and the results files are the descriptor's, which the sweeps and the web UI read too.
 DEFAULT_DATA, RESULTS_JSON, RESULTS_MD = MUSE.default_data, MUSE.results_json, MUSE.results_md
-# The names under which a local folder's raw/forget.json and raw/retain1.json are registered.
-LOCAL_FORGET, LOCAL_RETAIN = "muse_local_forget", "muse_local_retain"
+# The names under which a local folder's raw/forget.json, raw/retain1.json and (if present) raw/retain2.json are
+# registered. MUSE's roles: unlearning trains on forget and retain1; retain2 is seen by the target and the
+# retrained model only, and KnowMem_r asks about it.
+LOCAL_FORGET, LOCAL_RETAIN, LOCAL_RETAIN2 = "muse_local_forget", "muse_local_retain", "muse_local_retain2"
 
 
 def register_local(folder: str | Path) -> Path:
     """Register ``folder``'s ``raw/forget.json`` and ``raw/retain1.json`` (MUSE's unlearning splits, records
-    with a ``text`` field) as the llamafactory datasets :data:`LOCAL_FORGET` and :data:`LOCAL_RETAIN`.
+    with a ``text`` field) as the llamafactory datasets :data:`LOCAL_FORGET` and :data:`LOCAL_RETAIN`, and its
+    ``raw/retain2.json``, when there is one, as :data:`LOCAL_RETAIN2`.
 
     Writes a ``dataset_info.json`` that names the files by absolute path (llamafactory joins ``dataset_dir``
     and ``file_name``, and an absolute ``file_name`` wins) in a folder under ``saves/muse/datasets/`` keyed
@@ -44,11 +47,14 @@ def register_local(folder: str | Path) -> Path:
         raise ConfigError(
             f"--data: {folder} is not a folder; give a local MUSE-format folder (`unilogit muse export` writes one)"
         )
-    for split in ("forget", "retain1"):
+    splits = {LOCAL_FORGET: "forget", LOCAL_RETAIN: "retain1"}
+    if (source / "raw" / "retain2.json").is_file():
+        splits[LOCAL_RETAIN2] = "retain2"
+    for split in splits.values():
         load_muse_split(source, "raw", split)  # a missing file or a record without "text" fails in one line here
     info = {
         name: {"file_name": str(source / "raw" / f"{split}.json"), "columns": {"prompt": "text"}}
-        for name, split in ((LOCAL_FORGET, "forget"), (LOCAL_RETAIN, "retain1"))
+        for name, split in splits.items()
     }
     out = saves_dir() / "muse" / "datasets" / f"{source.name}-{hashlib.sha256(bytes(source)).hexdigest()[:12]}"
     atomic_write_text(out / "dataset_info.json", json.dumps(info, indent=1) + "\n")
@@ -68,7 +74,8 @@ def datasets(argv: list[str]) -> Path:
 
 def prepare(argv: list[str]) -> dict[str, Path]:
     """``unilogit muse prepare [--data FOLDER] [key=value ...]``: the target and retrain models, trained once and
-    cached; on the embedded mini corpus, or on a local MUSE folder's raw/forget.json and raw/retain1.json."""
+    cached; on the embedded mini corpus, or on a local MUSE folder's raw/ splits (the target on forget, retain1
+    and retain2, the retrained model on retain1 and retain2; retain2 where the folder has one)."""
     from unilogit.benchmarks.prepare import prepare_model
 
     parser = CommandParser(prog="unilogit muse prepare", description=prepare.__doc__)
@@ -80,8 +87,10 @@ def prepare(argv: list[str]) -> dict[str, Path]:
     if args.data:
         # The cache key hashes the registered files' bytes, so other data in the same folder trains anew.
         dataset_dir = register_local(args.data)
-        data["target"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_FORGET},{LOCAL_RETAIN}"]
-        data["retrain"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_RETAIN}"]
+        registered = json.loads((dataset_dir / "dataset_info.json").read_text())
+        retain = ",".join(name for name in (LOCAL_RETAIN, LOCAL_RETAIN2) if name in registered)
+        data["target"] = [f"dataset_dir={dataset_dir}", f"dataset={LOCAL_FORGET},{retain}"]
+        data["retrain"] = [f"dataset_dir={dataset_dir}", f"dataset={retain}"]
     paths = {
         name: prepare_model(name, project_root() / config, [*data[name], *args.overrides])
         for name, config in PREPARE_CONFIGS.items()
@@ -100,6 +109,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         load_muse,
         write_results,
     )
+    from unilogit.evaluation.seeds import run_seed
     from unilogit.models import eval_dtype, load_for_eval, load_model
 
     parser = CommandParser(prog="unilogit eval muse", description=evaluate.__doc__)
@@ -134,6 +144,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     record = {
         "name": name,
         "model": str(args.model),
+        "seed": run_seed(args.model),  # the training seed of an unlearned folder; None for a reference model
         "retrain": args.retrain,
         "data": str(args.data),
         "max_examples": args.max_examples,

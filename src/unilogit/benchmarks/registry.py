@@ -2,7 +2,7 @@
 
 A descriptor holds everything that differs between benchmarks outside their evaluator and their commands:
 the default data, the results files, the reference models a sweep evaluates, the metric columns, the
-Pareto plots, the rule that picks a sweep's best point, and the commands a sweep or the web UI runs. The
+Pareto plots, and the commands a sweep or the web UI runs. The
 sweeps (``unilogit sweep``, ``unilogit report``), the web UI's Evaluate action and the CLI's dispatch read
 it, so that a new benchmark is one more entry here (docs/ARCHITECTURE.md, "How to add a benchmark").
 
@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.errors import ConfigError
-
-Row = dict[str, Any]  # a row of a sweep's table: method, point, hyperparameters and metrics
-Selection = tuple[str, dict[str, Row | None]]  # the rule in words, and each method's best point under it
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class SweepRun:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One benchmark: its data, results, references, columns, plots, selection rule and commands."""
+    """One benchmark: its data, results, references, columns, plots and commands."""
 
     name: str  # `benchmark:` of a sweep file, `unilogit eval NAME`, `unilogit NAME SUBCOMMAND`
     title: str  # the web UI's dropdown and the heading of its evaluation's progress
@@ -69,7 +66,6 @@ class Benchmark:
     reserved_keys: tuple[str, ...]  # config keys the sweep sets per point, refused in grids and overrides
     point_output: str  # the subfolder of a point that holds its results_json
     plots: tuple[Plot, ...]
-    select: Callable[[list[Row], Mapping[str, Row]], Selection]  # the best point of each method
     read_models: Callable[[Mapping[str, Any]], dict[str, str | None]]  # the sweep file's model_keys, checked
     resolve_models: Callable[[Mapping[str, str | None], list[str]], dict[str, str]]  # (read models, overrides)
     point_commands: Callable[[SweepRun], list[list[str]]]  # `unilogit` argv of a point, in order
@@ -106,33 +102,7 @@ class Benchmark:
         return argv
 
 
-def _best(points: list[Row], ok: Callable[[Row], bool], score: str) -> dict[str, Row | None]:
-    """Per method (in order of first appearance), its point with the lowest ``score`` among those ``ok`` keeps."""
-    best = {}
-    for method in dict.fromkeys(row["method"] for row in points):
-        eligible = [row for row in points if row["method"] == method and ok(row)]
-        best[method] = min(eligible, key=lambda row: row[score]) if eligible else None
-    return best
-
-
 # --- MUSE ---------------------------------------------------------------------------------------------------
-
-MUSE_RETAIN_SHARE = 0.95  # KnowMem_r at least this share of the target's
-
-
-def _muse_select(points: list[Row], refs: Mapping[str, Row]) -> Selection:
-    """The lowest KnowMem_f among the points whose KnowMem_r is at least 95% of the target's."""
-    base = (refs.get("target") or {}).get("knowmem_r")
-    rule = "lowest KnowMem_f among the points whose KnowMem_r is at least 95% of the target's"
-    if base is None:
-        methods = dict.fromkeys(row["method"] for row in points)
-        return f"{rule}; there is no target KnowMem_r, so no point meets the rule", dict.fromkeys(methods)
-    floor = MUSE_RETAIN_SHARE * base
-
-    def ok(row: Row) -> bool:
-        return row["knowmem_r"] is not None and row["knowmem_f"] is not None and row["knowmem_r"] >= floor
-
-    return f"{rule} (KnowMem_r ≥ {floor:.2f})", _best(points, ok, "knowmem_f")
 
 
 def _muse_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
@@ -198,7 +168,6 @@ MUSE = Benchmark(
         Plot("pareto-knowmem", "knowmem_r", "knowmem_f", _RETAIN_MUSE, "KnowMem_f, forget (lower is better ↓)"),
         Plot("pareto-verbmem", "knowmem_r", "verbmem_f", _RETAIN_MUSE, "VerbMem_f, forget (lower is better ↓)"),
     ),
-    select=_muse_select,
     read_models=_muse_read_models,
     resolve_models=_muse_models,
     point_commands=_muse_point,
@@ -208,33 +177,7 @@ MUSE = Benchmark(
 
 # --- RWKU ---------------------------------------------------------------------------------------------------
 
-RWKU_NEIGHBOR_SHARE, RWKU_MMLU_SHARE = 0.85, 0.90  # of the model before unlearning
 RWKU_DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-def _rwku_select(points: list[Row], refs: Mapping[str, Row]) -> Selection:
-    """The lowest Forget All among the points whose Neighbor All is at least 85% of the original model's and,
-    when that model has an MMLU score, whose MMLU is at least 90% of it."""
-    before = refs.get("before") or {}
-    rule = "lowest Forget All among the points whose Neighbor All is at least 85% of the model's before unlearning"
-    if before.get("neighbor_all") is None:
-        methods = dict.fromkeys(row["method"] for row in points)
-        return f"{rule}; there is no Neighbor All before unlearning, so no point meets the rule", dict.fromkeys(methods)
-    neighbor_floor = RWKU_NEIGHBOR_SHARE * before["neighbor_all"]
-    mmlu_floor = RWKU_MMLU_SHARE * before["mmlu"] if before.get("mmlu") is not None else None
-    rule += f" (Neighbor All ≥ {neighbor_floor:.2f})"
-    rule += (
-        f" and whose MMLU is within 10% of it (MMLU ≥ {mmlu_floor:.2f})"
-        if mmlu_floor is not None
-        else "; MMLU was not evaluated, so it is not part of the rule"
-    )
-
-    def ok(row: Row) -> bool:
-        if row["forget_all"] is None or row["neighbor_all"] is None or row["neighbor_all"] < neighbor_floor:
-            return False
-        return mmlu_floor is None or (row["mmlu"] is not None and row["mmlu"] >= mmlu_floor)
-
-    return rule, _best(points, ok, "forget_all")
 
 
 def _rwku_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
@@ -301,7 +244,6 @@ RWKU = Benchmark(
             "Forget All, forget probes (lower is better ↓)",
         ),
     ),
-    select=_rwku_select,
     read_models=_rwku_read_models,
     resolve_models=_rwku_models,
     point_commands=_rwku_point,

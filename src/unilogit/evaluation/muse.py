@@ -303,7 +303,14 @@ def _knowmem(model, tokenizer, qa: list[dict], icl: list[dict], batch_size: int,
         return None
     prompts = [knowmem_prompt(icl, record["question"]) for record in qa]
     answers = generate_greedy(
-        model, tokenizer, prompts, KNOWMEM_TOKENS, batch_size=batch_size, desc=desc, stop_strings=KNOWMEM_STOPS
+        model,
+        tokenizer,
+        prompts,
+        KNOWMEM_TOKENS,
+        batch_size=batch_size,
+        desc=desc,
+        stop_strings=KNOWMEM_STOPS,
+        share_prefix=True,  # every prompt starts with the same in-context examples
     )
     return mean_or_none([rouge_l_f1(cut_answer(a), r["answer"]) * 100 for a, r in zip(answers, qa, strict=True)])
 

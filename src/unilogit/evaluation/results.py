@@ -1,7 +1,8 @@
 """Results files and Markdown tables: the one table writer and the one results writer of the package.
 
 A results file maps a row name (a model, a method) to its metrics; it is written as JSON and as a
-Markdown table beside it, each atomically (:mod:`unilogit.atomic`).
+Markdown table beside it, each atomically (:mod:`unilogit.atomic`). A row aggregated over training seeds
+(:mod:`unilogit.evaluation.seeds`) shows each metric as ``mean ± ci95`` and its seeds in a last column.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.atomic import atomic_write_text
+from unilogit.evaluation.seeds import CI_SUFFIX, N_SEEDS, SEEDS, SEEDS_LEGEND
 
 Columns = Sequence[tuple[str, str, str]]  # (title, metric key, format)
 
@@ -34,10 +36,32 @@ def format_cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
+def format_mean_cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
+    """``row[key]`` in ``fmt``, followed by ``± <key>_ci95`` when the row has that interval (not null)."""
+    interval = row.get(key + CI_SUFFIX)
+    cell = format_cell(row.get(key), fmt)
+    return cell if interval is None else f"{cell} ± {format_cell(interval, fmt)}"
+
+
+def format_seeds(seeds: Any) -> str:
+    """The seeds column of an aggregated row: its seeds, ``–`` for a run without one (a reference model)."""
+    return ", ".join("–" if seed is None else str(seed) for seed in seeds or [])
+
+
 def format_metrics_table(results: Mapping[str, Mapping[str, Any]], columns: Columns) -> str:
-    """One row per name in ``results`` (column ``model``), one column per ``(title, key, format)``."""
-    rows = ([name, *(format_cell(row.get(key), fmt) for _, key, fmt in columns)] for name, row in results.items())
-    return markdown_table(["model", *(title for title, _, _ in columns)], rows)
+    """One row per name in ``results`` (column ``model``), one column per ``(title, key, format)``.
+
+    When the rows were aggregated over seeds, each cell is ``mean ± ci95``, a ``seeds`` column ends each row
+    and the legend (what the interval is, and that a reference row has none) follows the table.
+    """
+    seeded = any(N_SEEDS in row for row in results.values())
+    rows = []
+    for name, row in results.items():
+        cells = [name, *(format_mean_cell(row, key, fmt) for _, key, fmt in columns)]
+        rows.append([*cells, format_seeds(row.get(SEEDS))] if seeded else cells)
+    header = ["model", *(title for title, _, _ in columns)]
+    table = markdown_table([*header, "seeds"] if seeded else header, rows)
+    return f"{table}\n{SEEDS_LEGEND}\n" if seeded else table
 
 
 def write_metrics(

@@ -3,19 +3,21 @@
 The keys of the stage are the fields of :class:`UnlearningArguments`; the keys of the methods are
 declared in the method registry (:mod:`unilogit.stage.methods`) and checked here from their
 declarations, so a registered method's keys are accepted, converted and bounded like the built-in ones.
+The arguments import the registry, never the other way round.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from unilogit.config import show
+from unilogit.config import check_choice, check_number, show
 from unilogit.errors import ConfigError
+from unilogit.stage.methods import METHODS, Method, all_hyperparameters, reserve_keys
 
 if TYPE_CHECKING:
-    from unilogit.stage.methods import Hyperparameter, Method
+    from llamafactory.hparams import FinetuningArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
 
 RETAIN_LOSSES = ("none", "nll", "kl")
 
@@ -72,15 +74,13 @@ class UnlearningArguments:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from unilogit.stage.methods import METHODS, all_hyperparameters
-
-        _choice("unlearn_method", self.unlearn_method, tuple(METHODS))
+        check_choice("unlearn_method", self.unlearn_method, tuple(METHODS))
         declared = {hp.name: hp for hp in all_hyperparameters()}
         for key in self.hyperparameters:
             if key not in declared:
                 raise ConfigError(f"{show(key)} is no method's key; remove it (keys: {', '.join(declared)})")
         self.hyperparameters = {
-            name: check_hyperparameter(hp, self.hyperparameters.get(name, hp.default)) for name, hp in declared.items()
+            name: hp.check(self.hyperparameters.get(name, hp.default)) for name, hp in declared.items()
         }
         if self.retain_dataset is not None and not isinstance(self.retain_dataset, str):
             raise ConfigError(
@@ -91,13 +91,13 @@ class UnlearningArguments:
             self.retain_dataset = None
         if self.retain_loss is None:
             self.retain_loss = METHODS[self.unlearn_method].default_retain_loss if self.retain_dataset else "none"
-        _choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
+        check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
         if self.retain_loss != "none" and self.retain_dataset is None:
             raise ConfigError(
                 f"retain_loss: {self.retain_loss} needs a retain set; set retain_dataset: <name in "
                 "dataset_info.json>, or retain_loss: none"
             )
-        _bounded("retain_weight", self.retain_weight, low=0.0, strict=False)
+        check_number("retain_weight", self.retain_weight, low=0.0)
         if not isinstance(self.ref_offload, bool):
             raise ConfigError(f"ref_offload: {self.ref_offload!r} is not valid; use true or false")
         if self.tokenizer_name_or_path is not None and (
@@ -131,9 +131,22 @@ class UnlearningArguments:
     @property
     def method(self) -> Method:
         """The registry entry of ``unlearn_method``."""
-        from unilogit.stage.methods import METHODS
-
         return METHODS[self.unlearn_method]
+
+    @property
+    def needs_forget_reference(self) -> bool:
+        """Whether the forget term reads the initial model θ_o (the method's declaration decides)."""
+        return self.method.needs_forget_reference(self)
+
+    @property
+    def needs_retain_reference(self) -> bool:
+        """Whether the retain term reads the initial model θ_o: the KL retain term does."""
+        return self.retain_loss == "kl"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any term reads the initial model θ_o, so that the run needs a reference model."""
+        return self.needs_forget_reference or self.needs_retain_reference
 
     @property
     def retain_datasets(self) -> list[str]:
@@ -142,20 +155,17 @@ class UnlearningArguments:
 
 
 STAGE_KEYS = tuple(f.name for f in fields(UnlearningArguments) if f.name != "hyperparameters")
+reserve_keys(STAGE_KEYS)  # no method's hyperparameter may shadow one of the stage's keys
 
 
 def unlearning_keys() -> tuple[str, ...]:
     """Every key of the unlearn stage: the stage's own, then each registered method's, in registry order."""
-    from unilogit.stage.methods import all_hyperparameters
-
     return STAGE_KEYS + tuple(hp.name for hp in all_hyperparameters())
 
 
 def unlearning_key_help() -> list[tuple[str, str]]:
     """``(key, help)`` for every key of :func:`unlearning_keys`, in that order, each help one line that gives
     the default, for ``unilogit train --help``."""
-    from unilogit.stage.methods import METHODS
-
     methods = " | ".join(METHODS)
     rows = [
         (f.name, f.metadata["help"] + (f" One of: {methods}." if f.name == "unlearn_method" else ""))
@@ -167,50 +177,8 @@ def unlearning_key_help() -> list[tuple[str, str]]:
     return rows
 
 
-def check_hyperparameter(hp: Hyperparameter, value: Any) -> Any:
-    """``value`` checked against its declaration ``hp`` and returned, a number given as a string ("1e-3", which
-    YAML reads as a string) converted. Raises ``ConfigError`` naming the key, the value and what would do."""
-    if hp.choices:
-        _choice(hp.name, value, hp.choices)
-    elif hp.type is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{hp.name}: {show(value)} is not valid; use true or false")
-    elif hp.type is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{hp.name}: {show(value)} is not valid; use a string")
-    else:
-        if isinstance(value, str):
-            try:
-                value = hp.type(value)
-            except ValueError:
-                pass  # refused below, by its type
-        if hp.type is int and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{hp.name}: {show(value)} is not a whole number; use e.g. {hp.name}=1")
-        _bounded(hp.name, value, low=hp.low, strict=hp.strict)
-    return value
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if not (isinstance(value, str) and value in allowed):
-        raise ConfigError(f"{key}: {show(value)} is not valid; allowed values: {' | '.join(allowed)}")
-
-
-def _bounded(key: str, value: Any, low: float | None, strict: bool) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ConfigError(f"{key}: {show(value)} is not a number; use e.g. {key}=0.5")
-    try:
-        ok = math.isfinite(value) and (low is None or (value > low if strict else value >= low))
-    except OverflowError:  # an int too large for a float
-        ok = False
-    if not ok:
-        bound = "" if low is None else f" > {low:g}" if strict else f" >= {low:g}"
-        raise ConfigError(f"{key}: {show(value)} is out of range; use a finite number{bound}")
-
-
 def split_unlearning_args(args: dict[str, Any]) -> tuple[UnlearningArguments, dict[str, Any]]:
     """Pop our keys from a config dict; return our dataclass and the rest for llamafactory."""
-    from unilogit.stage.methods import all_hyperparameters
-
     ours = {key: args.pop(key) for key in STAGE_KEYS if key in args}
     hyperparameters = {hp.name: args.pop(hp.name) for hp in all_hyperparameters() if hp.name in args}
     if isinstance(ours.get("retain_weight"), str):  # YAML reads 1e-3 as a string
@@ -227,3 +195,51 @@ def split_unlearning_args(args: dict[str, Any]) -> tuple[UnlearningArguments, di
             "use examples/deepspeed/ds_z3_offload_config.json to offload both to the CPU"
         )
     return unlearning_args, args
+
+
+def check_reference_model(
+    args: UnlearningArguments,
+    model_args: ModelArguments,
+    training_args: Seq2SeqTrainingArguments,
+    finetuning_args: FinetuningArguments,
+) -> None:
+    """Refuse a LoRA set-up whose adapter-disabled model is not the model training starts from, when a term
+    reads the reference (:attr:`UnlearningArguments.needs_reference`).
+
+    Under LoRA the reference is the policy with its adapter disabled (llamafactory's ``create_ref_model`` loads
+    none), which is the initial model only when the adapter starts as a no-op on top of it. Two set-ups break
+    that. PiSSA (``pissa_init``, and ``pissa_convert``, which goes with it) moves the weights' principal
+    components out of the base into the adapter, so the disabled model is the residual. An
+    ``adapter_name_or_path`` whose last adapter is trained further (llamafactory resumes it unless
+    ``create_new_adapter`` is set and the adapters can be merged, which they cannot under ZeRO-3, quantization,
+    unsloth or KTransformers) leaves the disabled model without it. With ``ref_model`` llamafactory loads a
+    separate reference, and nothing here applies. Raises ``ConfigError`` (one line).
+    """
+    if not args.needs_reference or finetuning_args.finetuning_type != "lora" or finetuning_args.ref_model is not None:
+        return
+    reader = f"unlearn_method: {args.unlearn_method}" if args.needs_forget_reference else "retain_loss: kl"
+    for key in ("pissa_init", "pissa_convert"):
+        if getattr(finetuning_args, key):
+            raise ConfigError(
+                f"{key}: {reader} needs the reference model, under LoRA the model with its adapter disabled, and PiSSA "
+                "moves the weights' principal components into the adapter, so the adapter-disabled reference would "
+                "not be the initial model; drop pissa_init and pissa_convert, or use a method and retain loss "
+                "without a reference (ga or simnpo with retain_loss: nll or none)"
+            )
+    adapters = model_args.adapter_name_or_path
+    if not adapters:
+        return
+    deepspeed = getattr(training_args, "hf_deepspeed_config", None)  # set by the training arguments under DeepSpeed
+    mergeable = not (
+        (deepspeed is not None and deepspeed.is_zero3())
+        or model_args.quantization_bit is not None
+        or model_args.use_unsloth
+        or model_args.use_kt
+    )
+    if not (finetuning_args.create_new_adapter and mergeable):
+        how = "set create_new_adapter: true to merge it and train a new adapter, or " if mergeable else ""
+        raise ConfigError(
+            f"adapter_name_or_path: {reader} needs the reference model, under LoRA the model with its adapter "
+            f"disabled, and {adapters[-1]} would be trained further, so the reference would lack it and not be the "
+            f"initial model; {how}merge it first (unilogit export) and unlearn the merged model"
+        )

@@ -17,8 +17,8 @@ from transformers import TrainerCallback
 
 from unilogit.atomic import atomic_write_text
 from unilogit.config import CONFIG_NAME
+from unilogit.stage.trainer import logged_terms
 
-TERM_KEYS = ("forget_loss", "retain_loss", "npo_log_ratio", "soft_target_kl")
 RUN_INFO_NAME = "run_info.json"
 # Files of a finished or started run: a new run in the same folder needs overwrite_output_dir.
 RESULT_NAMES = (CONFIG_NAME, RUN_INFO_NAME, "trainer_log.jsonl", "all_results.json", "train_results.json")
@@ -42,7 +42,7 @@ class UnlearningLogCallback(LogCallback):
 
     def on_log(self, args, state, control, **kwargs):
         last = state.log_history[-1]
-        terms = {k: last[k] for k in TERM_KEYS if k in last}
+        terms = {k: last[k] for k in logged_terms() if k in last}
         if args.should_save and self.thread_pool is not None:  # the lines LogCallback.on_log hands to its writer
             self._terms.append(terms)
         # LLaMA Board shows LogCallback's line, whose keys are fixed; ours puts the terms beside the loss.

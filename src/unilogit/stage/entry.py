@@ -8,7 +8,7 @@ from typing import Any
 
 from unilogit.config import check_adapters, check_deepspeed, check_field_types, check_keys, show
 from unilogit.errors import ConfigError, first_line
-from unilogit.stage.args import split_unlearning_args, unlearning_keys
+from unilogit.stage.args import check_reference_model, split_unlearning_args, unlearning_keys
 
 
 def parse_unlearn_config(config: dict[str, Any]) -> tuple[Any, ...]:
@@ -49,6 +49,7 @@ def parse_unlearn_config(config: dict[str, Any]) -> tuple[Any, ...]:
         raise ConfigError(f"{first_line(err)}; check the file paths in the config") from err
     except (TypeError, AssertionError, KeyError, AttributeError) as err:
         raise ConfigError(f"llamafactory refused the config: {type(err).__name__}: {first_line(err)}") from err
+    check_reference_model(unlearning_args, model_args, training_args, finetuning_args)
     if not data_args.dataset:
         raise ConfigError("dataset: the unlearn stage needs a forget set; set dataset: <name in dataset_info.json>")
     if not (training_args.do_train or training_args.do_eval):
@@ -73,7 +74,7 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
     ``callbacks`` are extra ``TrainerCallback``s, added after the logging and reporting ones.
     """
     import torch.distributed as dist
-    from llamafactory.train.callbacks import ReporterCallback
+    from llamafactory.train.callbacks import PissaConvertCallback, ReporterCallback
 
     from unilogit.stage.callbacks import RunRecordCallback, UnlearningLogCallback
     from unilogit.stage.workflow import run_unlearn
@@ -85,6 +86,8 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
         RunRecordCallback(config),
         UnlearningLogCallback(),
         ReporterCallback(model_args, data_args, finetuning_args, generating_args),
+        # As llamafactory's run_exp adds it for its stages: also saves the adapter converted to plain LoRA.
+        *([PissaConvertCallback()] if finetuning_args.pissa_convert else []),
         *(callbacks or []),
     ]
     try:

@@ -3,8 +3,10 @@
 A method is one :class:`Method` entry in :data:`METHODS` (added with :func:`register`), beside its
 loss in :mod:`unilogit.losses`. Its hyperparameters are declared here, each as a
 :class:`Hyperparameter` (name, type, default, bound or choices, help in English and Chinese, widget);
-the config checks (:mod:`unilogit.stage.args`), the web panel's knobs, ``unilogit train --help`` and
-the table in ``docs/CONFIGURATION.md`` (:func:`hyperparameter_table`) are all derived from it.
+the config checks (:meth:`Hyperparameter.check`, which :mod:`unilogit.stage.args` applies), the web panel's
+knobs and its method list, ``unilogit train --help``, the log's terms and the table in ``docs/CONFIGURATION.md``
+(:func:`hyperparameter_table`) are all derived from it. This module imports nothing of the stage: the
+arguments import the registry, and tell it their own keys (:func:`reserve_keys`).
 
 A forget term maps the current logits, the labels, what it needs of the reference model (``None``
 when it needs no reference) and the arguments to ``(loss, extra scalars to log)``; it reads its
@@ -20,13 +22,15 @@ compares it with a retrained model's (``soft_target_kl_model``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from unilogit import losses
+from unilogit.config import check_choice, check_number, show
+from unilogit.errors import ConfigError
 
 if TYPE_CHECKING:
     from unilogit.stage.args import UnlearningArguments
@@ -87,10 +91,37 @@ class Hyperparameter:
             kind = {float: "a number", int: "a whole number", bool: "true | false", str: "a string"}[self.type]
         return f"{kind}{' ' + self.bound if self.bound else ''} (default {self.default})"
 
+    def check(self, value: Any) -> Any:
+        """``value`` checked against this declaration and returned, a number given as a string ("1e-3", which
+        YAML reads as a string) converted. Raises ``ConfigError`` naming the key, the value and what would do."""
+        if self.choices:
+            check_choice(self.name, value, self.choices)
+        elif self.type is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{self.name}: {show(value)} is not valid; use true or false")
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{self.name}: {show(value)} is not valid; use a string")
+        else:
+            if isinstance(value, str):
+                try:
+                    value = self.type(value)
+                except ValueError:
+                    pass  # refused below, by its type
+            if self.type is int and not (isinstance(value, int) and not isinstance(value, bool)):
+                raise ConfigError(f"{self.name}: {show(value)} is not a whole number; use e.g. {self.name}=1")
+            check_number(self.name, value, low=self.low, strict=self.strict)
+        return value
+
 
 @dataclass(frozen=True)
 class Method:
-    """One unlearning method."""
+    """One unlearning method.
+
+    ``summary`` (and ``summary_zh``, Chinese; the English one where empty) is the method's one-line description
+    in the web panel's method list. ``logged`` names the extra scalars its forget term returns, which the trainer
+    logs beside ``forget_loss`` (an undeclared one is refused at the first step).
+    """
 
     name: str
     forget_term: ForgetTerm
@@ -101,6 +132,8 @@ class Method:
     summary: str
     reference_statistic: ReferenceStatistic = "rows"
     soft_target: SoftTarget | None = None  # None: the forget term distils toward no distribution
+    summary_zh: str = ""
+    logged: tuple[str, ...] = ()
 
 
 def _ga(logits, labels, reference, args):
@@ -151,7 +184,16 @@ def _unilogit_needs_reference(args: UnlearningArguments) -> bool:
 METHODS: dict[str, Method] = {}  # filled by register(), the built-in methods below first
 
 BUILT_IN_METHODS = (
-    Method("ga", _ga, "token", "nll", (), _never, "gradient ascent on the forget NLL"),
+    Method(
+        "ga",
+        _ga,
+        "token",
+        "nll",
+        (),
+        _never,
+        "gradient ascent on the forget NLL",
+        summary_zh="对遗忘集负对数似然做梯度上升",
+    ),
     Method(
         "npo",
         _npo,
@@ -173,6 +215,8 @@ BUILT_IN_METHODS = (
         _always,
         "negative preference optimisation",
         reference_statistic="sequence_nll",
+        summary_zh="负偏好优化",
+        logged=("npo_log_ratio",),
     ),
     Method(
         "simnpo",
@@ -204,6 +248,7 @@ BUILT_IN_METHODS = (
         ),
         _never,
         "reference-free, length-normalised NPO",
+        summary_zh="无需参考模型、按长度归一化的 NPO",
     ),
     Method(
         "undial",
@@ -225,6 +270,7 @@ BUILT_IN_METHODS = (
         _always,
         "self-distillation with adjusted logits",
         soft_target=_undial_target,
+        summary_zh="调整 logit 后的自蒸馏",
     ),
     Method(
         "unilogit",
@@ -260,8 +306,23 @@ BUILT_IN_METHODS = (
         _unilogit_needs_reference,
         "self-distillation toward the model's own distribution with the label at 1/|V|",
         soft_target=_unilogit_target,
+        summary_zh="向模型自身分布自蒸馏，标签概率设为 1/|V|",
     ),
 )
+
+
+# Keys no method's hyperparameter may take: the stage's own, which stage.args reserves when it is imported.
+_RESERVED_KEYS: set[str] = set()
+
+
+def reserve_keys(keys: Iterable[str]) -> None:
+    """Keep ``keys`` (the stage's own) from every method's hyperparameters: :func:`register` refuses them from now
+    on, and a method registered before with one of them is refused here (``ValueError``)."""
+    keys = set(keys)
+    for hp in all_hyperparameters():
+        if hp.name in keys:
+            raise ValueError(f"the key {hp.name!r} of a registered method is the stage's own; rename it")
+    _RESERVED_KEYS.update(keys)
 
 
 def register(method: Method) -> Method:
@@ -271,11 +332,9 @@ def register(method: Method) -> Method:
     Raises ``ValueError`` for a name that is taken, a hyperparameter whose name another method or the stage
     already uses, or a default that its own declaration refuses. Returns ``method``.
     """
-    from unilogit.stage.args import STAGE_KEYS, check_hyperparameter
-
     if method.name in METHODS:
         raise ValueError(f"a method named {method.name!r} is registered already")
-    taken = set(STAGE_KEYS) | {hp.name for hp in all_hyperparameters()}
+    taken = _RESERVED_KEYS | {hp.name for hp in all_hyperparameters()}
     for hp in method.hyperparameters:
         if hp.name in taken:
             raise ValueError(f"{method.name}: the key {hp.name!r} is taken; prefix it with the method's name")
@@ -290,7 +349,7 @@ def register(method: Method) -> Method:
                 f"{method.name}: {hp.name} is a {hp.type.__name__} shown as a {hp.widget}; use a float or int as a "
                 "number, a str with choices as a dropdown, a bool as a checkbox, or a str as a textbox"
             )
-        check_hyperparameter(hp, hp.default)
+        hp.check(hp.default)  # a ConfigError, which is a ValueError
     METHODS[method.name] = method
     return method
 

@@ -38,9 +38,20 @@ from typing_extensions import override
 from unilogit import losses
 from unilogit.errors import ConfigError, TrainingDiverged
 from unilogit.stage.data import FORGET, RETAIN, PairedDataset
+from unilogit.stage.methods import METHODS
 
 if TYPE_CHECKING:
     from unilogit.stage.args import UnlearningArguments
+
+# The scalars the trainer logs beside llamafactory's: the two terms of every step, and the soft-target KL of
+# every epoch; a method adds the extras its forget term returns (``Method.logged``), see :func:`logged_terms`.
+FORGET_TERM, RETAIN_TERM, SOFT_TARGET_KL = "forget_loss", "retain_loss", "soft_target_kl"
+
+
+def logged_terms() -> tuple[str, ...]:
+    """Every scalar the trainer may log beside llamafactory's, for the registered methods as they are now."""
+    extras = dict.fromkeys(name for method in METHODS.values() for name in method.logged)
+    return (FORGET_TERM, RETAIN_TERM, *extras, SOFT_TARGET_KL)
 
 
 def _counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -106,16 +117,6 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
         self.soft_target_model = soft_target_model
         if soft_target_model is not None:
             self.add_callback(_SoftTargetKLCallback(self))
-
-    @property
-    def needs_forget_reference(self) -> bool:
-        """Whether the forget term uses the initial model's logits."""
-        return self.method.needs_forget_reference(self.unlearning_args)
-
-    @property
-    def needs_retain_reference(self) -> bool:
-        """Whether the retain term uses the initial model's logits."""
-        return self.unlearning_args.retain_loss == "kl"
 
     @override
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -205,7 +206,7 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
                     _, _, y = losses.supervised_index(labels)
                     if y.numel() == 0:
                         continue
-                    if self.needs_forget_reference:
+                    if self.unlearning_args.needs_forget_reference:
                         with self._reference_on_device():
                             source = self._reference(model, side, "rows")
                     else:
@@ -215,10 +216,8 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
                     for start in range(0, y.numel(), step):
                         rows = slice(start, start + step)
                         target = target_fn(source[rows], y[rows], self.unlearning_args)
-                        log_retrain = torch.log_softmax(retrain[rows].float(), dim=-1)
-                        # kl_div(input, target) = Σ exp(target)·(target − input): KL(p_retrain ‖ p̃).
-                        kl = F.kl_div(target, log_retrain, reduction="sum", log_target=True)
-                        total += kl.double()
+                        # KL(p_retrain ‖ p̃): the forward KL with p̃'s log-probabilities as the model's logits.
+                        total += losses.forward_kl_rows(target, retrain[rows]).double().sum()
                     count += y.numel()
         finally:
             model.train(was_training)
@@ -228,7 +227,7 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
         """Log ``soft_target_kl`` (see :meth:`soft_target_kl`) at the current epoch (0 before training)."""
         if self.state.epoch is None:
             self.state.epoch = 0.0
-        self.log({"soft_target_kl": self.soft_target_kl()})
+        self.log({SOFT_TARGET_KL: self.soft_target_kl()})
 
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -241,9 +240,9 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
         retain = inputs.get(RETAIN) if args.retain_loss != "none" else None
         forget_ref = retain_ref = None
         with self._reference_on_device():
-            if self.needs_forget_reference:
+            if args.needs_forget_reference:
                 forget_ref = self._reference(model, forget, self.method.reference_statistic)
-            if retain is not None and self.needs_retain_reference:
+            if retain is not None and args.needs_retain_reference:
                 retain_ref = self._reference(model, retain, "rows")
 
         # One forward pass over both sides: DDP and ZeRO expect one forward per backward.
@@ -256,8 +255,13 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
         all_labels = batch["labels"].split(split)
         logits, labels = all_logits[0], all_labels[0]
         forget_loss, extras = self.method.forget_term(logits, labels, forget_ref, args)
+        if not extras.keys() <= set(self.method.logged):  # they would be missing from trainer_log.jsonl
+            raise ValueError(
+                f"{self.method.name}: its forget term returned {sorted(extras)}; declare them in Method.logged "
+                f"(now {self.method.logged})"
+            )
         total = forget_loss * _weight(forget, window, FORGET, reduction_index, scale)
-        terms = {"forget_loss": forget_loss, **extras}
+        terms = {FORGET_TERM: forget_loss, **extras}
 
         if retain is not None:
             retain_logits, retain_labels = all_logits[1], all_labels[1]
@@ -266,7 +270,7 @@ class UnlearningTrainer(CustomSeq2SeqTrainer):
             else:
                 retain_loss = losses.nll_loss(retain_logits, retain_labels)
             total = total + args.retain_weight * retain_loss * _weight(retain, window, RETAIN, 0, scale)
-            terms["retain_loss"] = retain_loss
+            terms[RETAIN_TERM] = retain_loss
 
         if model.training:
             for name, value in terms.items():

@@ -72,14 +72,8 @@ def run_unlearn(
     with loading("model", model_args.model_name_or_path):
         model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
-    needs_reference = unlearning_args.method.needs_forget_reference(unlearning_args) or (
-        unlearning_args.retain_loss == "kl"
-    )
-    if needs_reference and finetuning_args.finetuning_type == "lora" and model_args.adapter_name_or_path:
-        raise ConfigError(
-            "adapter_name_or_path: the reference model must be the starting model, but with LoRA it is the "
-            "base with adapters disabled; merge the adapter first (llamafactory-cli export), then unlearn the merge"
-        )
+    # An adapter-disabled model that would not be the initial one was refused before (args.check_reference_model).
+    needs_reference = unlearning_args.needs_reference
     if unlearning_args.ref_offload and (finetuning_args.finetuning_type == "lora" or not needs_reference):
         from llamafactory.extras import logging
 

@@ -1,5 +1,5 @@
 """Hyperparameter sweeps over the MUSE and RWKU benchmarks: ``unilogit sweep`` and ``unilogit report SWEEP_DIR``.
 
-``config`` reads and checks the sweep file, ``runner`` runs its points (resumable, in parallel) and writes
-the table, ``report`` draws the Pareto fronts and picks the best point per method.
+``config`` reads and checks the sweep file, ``runner`` runs its points once per seed (resumable, in parallel) and
+writes the table, ``pareto`` draws the Pareto fronts with their error bars and lists each method's front.
 """

@@ -7,18 +7,20 @@ A sweep file is YAML with these keys (``benchmark``, ``output`` and ``methods`` 
     data: DIR                       # --data of the evaluator (default: the benchmark's mini data)
     overrides: [key=value, ...]     # for every training run
     eval_args: [flag, ...]          # extra evaluator flags
+    seeds: [42, 43, 44]             # the training seeds: every point runs once per seed (default [42])
     target_model: M                 # muse only, with retrain_model: use these instead of `unilogit muse prepare`
     retrain_model: M
     model: M                        # rwku only: the original model (default smollm2-135m-instruct)
     methods:
       NAME: {config: CONFIG.yaml, grid: {key: [v1, v2, ...], ...}, overrides: [key=value, ...]}
-    quick: {points_per_method: N, eval_args: [...], overrides: [...]}   # what --quick changes
+    quick: {points_per_method: N, seeds: [...], eval_args: [...], overrides: [...]}   # what --quick changes
 
 Each method's grid is the cartesian product of its keys' values, in file order (the last key varies
 fastest). A point is one combination; its id is ``<method>/<key>=<value>,...`` made safe for a file name.
 A method's ``overrides`` are for its runs only, after the shared ones; their values may name the sweep's
 models as ``{target}`` and ``{retrain}`` (muse) or ``{model}`` (rwku), replaced by their paths when the
-commands are built (e.g. ``soft_target_kl_model={retrain}``).
+commands are built (e.g. ``soft_target_kl_model={retrain}``). The seed of a run is the sweep's to set
+(``seed=N`` after the grid's values), so ``seed`` is refused in grids and overrides.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from unilogit.errors import ConfigError, first_line
 from unilogit.stage.args import unlearning_keys
 
 # The top-level keys every sweep file may have; each benchmark adds the keys that name its models.
-COMMON_KEYS = ("benchmark", "output", "data", "overrides", "eval_args", "methods", "quick")
+COMMON_KEYS = ("benchmark", "output", "data", "overrides", "eval_args", "seeds", "methods", "quick")
 METHOD_KEYS = ("config", "grid", "overrides")
 # A method's overrides may name the sweep's models (the benchmark's ``models``) as {name}.
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-QUICK_KEYS = ("points_per_method", "eval_args", "overrides")
+QUICK_KEYS = ("points_per_method", "seeds", "eval_args", "overrides")
+# A sweep file without seeds: runs each point once, with the seed every shipped config sets.
+DEFAULT_SEEDS = (42,)
 QUICK_SUFFIX = "-quick"
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 # PyYAML reads 5e-4 (an exponent without a dot) as a string; OmegaConf and every user read it as a number.
@@ -118,6 +122,7 @@ class Sweep:
     quick_overrides: list[str] = field(default_factory=list)
     points_per_method: int | None = None
     models: dict[str, str | None] = field(default_factory=dict)  # the benchmark's model_keys as the file gives them
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))  # every point runs once per seed
 
     @property
     def descriptor(self) -> Benchmark:
@@ -133,13 +138,15 @@ class Sweep:
             points.extend(Point(method.name, method.config, params) for params in combos)
         return points
 
-    def train_overrides(self, point: Point, models: dict[str, str] | None = None) -> list[str]:
-        """The training run's ``key=value`` arguments: shared overrides, the method's, the grid, then --quick's
-        (which win). With ``models`` (the sweep's model paths by name), ``{name}`` in the method's are replaced."""
+    def train_overrides(self, point: Point, models: dict[str, str] | None = None, seed: int | None = None) -> list[str]:
+        """The training run's ``key=value`` arguments: shared overrides, the method's, the grid, ``seed=N`` (with
+        ``seed``), then --quick's (which win). With ``models`` (the sweep's model paths by name), ``{name}`` in the
+        method's are replaced."""
         own = self.methods[point.method].overrides if point.method in self.methods else []
         if models is not None:
             own = [_PLACEHOLDER.sub(lambda m: models[m.group(1)], item) for item in own]
-        return [*self.overrides, *own, *point.overrides, *self.quick_overrides]
+        seeded = [] if seed is None else [f"seed={seed}"]
+        return [*self.overrides, *own, *point.overrides, *seeded, *self.quick_overrides]
 
     def to_json(self) -> dict[str, Any]:
         """The resolved sweep, as written to ``sweep.json``."""
@@ -150,6 +157,7 @@ class Sweep:
             "data": self.data,
             "overrides": self.overrides,
             "eval_args": self.eval_args,
+            "seeds": self.seeds,
             "quick": self.quick,
             "quick_overrides": self.quick_overrides,
             # Every benchmark's model keys, unset ones as null, so that sweep.json has one shape.
@@ -186,6 +194,9 @@ def _framework_keys() -> frozenset[str]:
 def _check_config_key(where: str, key: str, config_keys: frozenset[str], benchmark: Benchmark) -> None:
     if key in benchmark.reserved_keys:
         raise ConfigError(f"{where}: {key} is set by the sweep for every point; remove it")
+    if key == "seed":
+        raise ConfigError(f"{where}: seed is set for every run from the sweep's seeds: list; remove it and list the "
+                          "seeds there, e.g. seeds: [42, 43, 44]")  # fmt: skip
     # The framework's names cost an 8 s import; most grids name keys that are already in the method's YAML.
     if key in config_keys or key in unlearning_keys() or key in _framework_keys():
         return
@@ -219,6 +230,20 @@ def _key_values(where: str, value: Any) -> list[str]:
     if bad:
         raise ConfigError(f"{where}: {bad[0]!r} is not key=value; write e.g. bf16=false")
     return items
+
+
+def _seeds(where: str, value: Any) -> list[int]:
+    if value is None:
+        return list(DEFAULT_SEEDS)
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)
+    ):
+        raise ConfigError(f"{where}: must be a list of whole numbers >= 0, e.g. [42, 43, 44]")
+    if len(set(value)) < len(value):
+        raise ConfigError(f"{where}: {value} names a seed twice; list each seed once")
+    return list(value)
 
 
 def _number(value: Any) -> Any:
@@ -328,6 +353,7 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
         eval_args=_strings(f"{path}: eval_args", data.get("eval_args")),
         methods=methods,
         models=models,
+        seeds=_seeds(f"{path}: seeds", data.get("seeds")),
     )
     _check_unique_folders(path, sweep.points)
     if quick:
@@ -356,7 +382,7 @@ def _check_unique_folders(path: Path, points: list[Point]) -> None:
 
 def _apply_quick(path: Path, sweep: Sweep, quick: Any) -> None:
     if not quick:
-        raise ConfigError(f"{path}: --quick needs a quick: section (points_per_method, eval_args, overrides)")
+        raise ConfigError(f"{path}: --quick needs a quick: section ({', '.join(QUICK_KEYS)})")
     quick = _mapping(f"{path}: quick", quick)
     for key in quick:
         if key not in QUICK_KEYS:
@@ -371,5 +397,7 @@ def _apply_quick(path: Path, sweep: Sweep, quick: Any) -> None:
             _check_config_key(f"{path}: quick.overrides", key, method.keys, sweep.descriptor)
     sweep.quick = True
     sweep.points_per_method = count
+    if "seeds" in quick:
+        sweep.seeds = _seeds(f"{path}: quick.seeds", quick["seeds"])
     sweep.eval_args = [*sweep.eval_args, *_strings(f"{path}: quick.eval_args", quick.get("eval_args"))]
     sweep.output = sweep.output.with_name(sweep.output.name + QUICK_SUFFIX)

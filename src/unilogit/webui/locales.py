@@ -2,8 +2,8 @@
 
 LLaMA Board looks every component up by its short name in one ``LOCALES`` dict when the language
 changes, and every entry must cover every language of its language picker. We write English and
-Chinese; :func:`complete` fills the other languages with the English text. The texts of a method's
-knobs come from its declaration in the method registry (:func:`knob_texts`).
+Chinese; :func:`complete` fills the other languages with the English text. The method list's tooltip and the
+texts of a method's knobs come from the method registry (:func:`method_texts`, :func:`knob_texts`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,6 @@ PANEL_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "unlearn_tab": {
         "en": {"label": "Unlearning"},
         "zh": {"label": "遗忘学习（Unlearning）参数设置"},
-    },
-    "unlearn_method": {
-        "en": {
-            "label": "Unlearning method",
-            "info": "The forget objective: ga (gradient ascent), npo, simnpo, undial or unilogit.",
-        },
-        "zh": {
-            "label": "遗忘方法",
-            "info": "遗忘目标函数：ga（梯度上升）、npo、simnpo、undial 或 unilogit。",
-        },
     },
     "retain_dataset": {
         "en": {
@@ -133,13 +123,27 @@ def complete(entries: dict[str, dict[str, dict[str, Any]]], languages: list[str]
     return {name: {lang: texts.get(lang, texts["en"]) for lang in languages} for name, texts in entries.items()}
 
 
+def method_texts() -> dict[str, dict[str, str]]:
+    """The label and tooltip of the method list, in English and Chinese: every registered method with its summary."""
+    from unilogit.stage.methods import METHODS
+
+    en = "; ".join(f"{m.name} ({m.summary})" for m in METHODS.values())
+    zh = "；".join(f"{m.name}（{m.summary_zh or m.summary}）" for m in METHODS.values())
+    return {
+        "en": {"label": "Unlearning method", "info": f"The forget objective: {en}."},
+        "zh": {"label": "遗忘方法", "info": f"遗忘目标函数：{zh}。"},
+    }
+
+
 def knob_texts(hp: Hyperparameter) -> dict[str, dict[str, str]]:
     """The label and tooltip of a method's knob, in English and Chinese, from its declaration."""
     return {"en": {"label": hp.label, "info": hp.info("en")}, "zh": {"label": hp.label_zh, "info": hp.info("zh")}}
 
 
 def panel_locales() -> dict[str, dict[str, dict[str, str]]]:
-    """Every entry of the panel: :data:`PANEL_LOCALES` and the knobs of every registered method."""
+    """Every entry of the panel: :data:`PANEL_LOCALES`, the method list and the knobs of every registered method."""
     from unilogit.stage.methods import all_hyperparameters
 
-    return PANEL_LOCALES | {hp.name: knob_texts(hp) for hp in all_hyperparameters()}
+    return (
+        PANEL_LOCALES | {"unlearn_method": method_texts()} | {hp.name: knob_texts(hp) for hp in all_hyperparameters()}
+    )

@@ -19,7 +19,7 @@ from unilogit.errors import ConfigError
 from unilogit.stage.args import RETAIN_LOSSES, STAGE_KEYS, UnlearningArguments, split_unlearning_args
 from unilogit.stage.methods import METHODS, Hyperparameter, all_hyperparameters
 from unilogit.webui.evaluate import benchmarks, follow_evaluation, start_evaluation
-from unilogit.webui.locales import PANEL_LOCALES, knob_texts
+from unilogit.webui.locales import PANEL_LOCALES, knob_texts, method_texts
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -114,7 +114,9 @@ def create_unlearn_panel() -> tuple[Any, Any, dict[str, Component]]:
     with gr.Accordion(open=True, **_kw("unlearn_tab")) as unlearn_tab:
         with gr.Row():
             elems: dict[str, Component] = {
-                "unlearn_method": gr.Dropdown(choices=list(METHODS), value=method, **_kw("unlearn_method")),
+                "unlearn_method": gr.Dropdown(
+                    choices=list(METHODS), value=method, **_kw("unlearn_method", method_texts()["en"])
+                ),
                 "retain_dataset": gr.Dropdown(
                     multiselect=True, allow_custom_value=True, scale=2, **_kw("retain_dataset")
                 ),
