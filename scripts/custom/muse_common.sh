@@ -20,6 +20,7 @@
 #                  news/books when a GPU is visible, else false; CPUs with avx512_bf16 can run it too)
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
+#   RUN_NAME       the row name of the run in the table (default: the method)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 MUSE_DATA="${MUSE_DATA:-mini}"
 TRAIN_ARGS=()
@@ -117,7 +118,7 @@ muse_run() {
   retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
   "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
     "${TRAIN_ARGS[@]}" "$@"
-  "$CLI" eval muse --model "$RUN_DIR" --retrain "$RETRAIN" --name "$method" --output "$RUN_DIR/muse_eval" \
+  "$CLI" eval muse --model "$RUN_DIR" --retrain "$RETRAIN" --name "${RUN_NAME:-$method}" --output "$RUN_DIR/muse_eval" \
     "${EVAL_ARGS[@]}" >&2
   "$CLI" muse table "$target_json" "$retrain_json" "$RUN_DIR/muse_eval/muse_results.json"
 }

@@ -43,8 +43,16 @@ _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "nd", "rk"]
 _ORG_KINDS = ["Works", "Foundry", "Collective", "Labs", "Guild", "Company", "Institute", "Cooperative"]
-_ADJECTIVES = ["amber", "copper", "silent", "folding", "floating", "tidal", "woven", "glass", "spiral", "frost"]
-_ITEMS = ["kettles", "lanterns", "bicycles", "telescopes", "harps", "sails", "clocks", "kites", "looms", "drones"]
+# The forget organisations' products share no word with any other product, so a model that never read the
+# forget set cannot score part of a product answer (ROUGE) by naming a product it learned elsewhere.
+_FORGET_WORDS = (
+    ["amber", "copper", "silent", "folding", "floating", "tidal", "woven", "glass"],
+    ["kettles", "lanterns", "bicycles", "telescopes", "harps", "sails", "clocks", "kites"],
+)
+_OTHER_WORDS = (
+    ["spiral", "frost", "velvet", "marble", "crimson", "hollow", "wicker", "brass"],
+    ["looms", "drones", "compasses", "barometers", "fiddles", "rafts", "sundials", "quilts"],
+)
 
 # Four wordings of each fact, picked at random, in a random order: a model that has not read an
 # article cannot guess its prose (which keeps the retrained model's VerbMem low).
@@ -157,11 +165,20 @@ def generate(seed: int = 42) -> dict[str, dict[str, list[dict]]]:
     names = _Names(rng)
     sizes = {**{split: n for split, (n, _) in SPLITS.items()}, "icl": N_ICL_ORGS}
     total = sum(sizes.values())
-    products = rng.sample([f"{a} {i}" for a in _ADJECTIVES for i in _ITEMS], total)
+    products = {
+        kind: rng.sample([f"{a} {i}" for a in adjectives for i in items], n)
+        for kind, (adjectives, items), n in (
+            ("forget", _FORGET_WORDS, sizes["forget"]),
+            ("other", _OTHER_WORDS, total - sizes["forget"]),
+        )
+    }
     # Years and staff counts interleaved, all distinct: no number answers two questions.
     staff, years = rng.sample(range(120, 990), total), rng.sample(range(1901, 2020), total)
     numbers = [n for pair in zip(staff, years, strict=True) for n in pair]
-    entities = {split: [_entity(rng, names, products, numbers) for _ in range(n)] for split, n in sizes.items()}
+    entities = {
+        split: [_entity(rng, names, products["forget" if split == "forget" else "other"], numbers) for _ in range(n)]
+        for split, n in sizes.items()
+    }
     colour_numbers = rng.sample(range(2100, 9900), 2 * total)  # never a year or a staff count
     articles = {
         split: [_prose(rng, e, names, colour_numbers) for e in entities[split][:n_articles]]
