@@ -11,7 +11,13 @@ import torch
 
 from unilogit import cli
 from unilogit.errors import ConfigError
-from unilogit.evaluation.common import MIN_SHARED_PREFIX, completion_log_probs, logits_at, next_token_logits
+from unilogit.evaluation.common import (
+    MIN_SHARED_PREFIX,
+    completion_log_probs,
+    generate_greedy,
+    logits_at,
+    next_token_logits,
+)
 from unilogit.evaluation.mia import min_k_plus_plus
 from unilogit.evaluation.rwku import (
     HUB_ID,
@@ -24,7 +30,9 @@ from unilogit.evaluation.rwku import (
     parse_target_range,
     probe_prompt,
     probe_score,
+    rwku_stop_ids,
     rwku_targets,
+    triviaqa_prompt,
 )
 from unilogit.evaluation.utility import truthfulqa_mc1
 
@@ -35,12 +43,45 @@ TARGETS = ["Ada Lovelace", "Alan Turing"]
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def test_probe_score_is_rouge_l_recall_times_100() -> None:
-    assert probe_score(" Apple.", "Apple") == pytest.approx(100.0)
-    assert probe_score("the Apple company", "Apple Inc") == pytest.approx(50.0)  # LCS 1 of 2 reference tokens
-    assert probe_score("Lord Byron, the poet", "Byron") == pytest.approx(100.0)
-    assert probe_score("   ", "Byron") == 0.0
-    assert probe_score("Microsoft", "Apple") == 0.0
+# (generated output, answer, RWKU's score, the newline rule's score)
+PROBE_CASES = [
+    (" Apple.", "Apple", 100.0, 100.0),
+    ("the Apple company", "Apple Inc", 50.0, 50.0),  # LCS 1 of 2 reference tokens
+    ("Lord Byron, the poet", "Byron", 0.0, 100.0),  # RWKU's words keep punctuation: "Byron," is not "Byron"
+    (" apple", "Apple", 0.0, 100.0),  # and case
+    (" It was painted by\nLeonardo da Vinci in Milan.", "Leonardo da Vinci", 100.0, 0.0),  # the first line only
+    (" Mona Lisa\nThe Last Supper", "The Last Supper", 100.0, 0.0),
+    ("   ", "Byron", 0.0, 0.0),
+    (" ...", "Byron", 0.0, 0.0),
+    ("Microsoft", "Apple", 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("output", "answer", "rwku", "newline"), PROBE_CASES)
+def test_probe_score_by_default_is_rwkus_rouge_package(output: str, answer: str, rwku: float, newline: float) -> None:
+    from rouge import Rouge
+
+    assert probe_score(output, answer) == pytest.approx(rwku)
+    if output.strip(" ."):  # RWKU's own call (it scores an empty answer as NOANSWER; the package raises on "...")
+        expected = Rouge().get_scores(hyps=[output.strip()], refs=[answer], avg=True)["rouge-l"]["r"]
+        assert probe_score(output, answer, "rwku") == pytest.approx(100 * expected)
+    assert probe_score(output, answer, "newline") == pytest.approx(newline)
+
+
+def test_stop_rules_and_their_ids(tiny) -> None:
+    model, tokenizer, _ = tiny
+    with pytest.raises(ConfigError, match="stop rule 'eos' is not valid; use rwku or newline"):
+        probe_score("x", "x", "eos")
+    # The tiny byte-level tokenizer has no "\n" token and no unknown token: only its eos is left, as RWKU's
+    # terminators come out for byte-level vocabularies.
+    assert rwku_stop_ids(tokenizer, newline=True) == rwku_stop_ids(tokenizer, newline=False) == [tokenizer.eos_token_id]
+    prompt = probe_prompt(tokenizer, {"query": "Who?"}, "qa")
+    free = generate_greedy(model, tokenizer, [prompt], 6, add_special_tokens=False)
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    first = int(model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, -1])
+    # A row ends at a stop id, which is kept when it is an ordinary token.
+    stopped = generate_greedy(model, tokenizer, [prompt], 6, add_special_tokens=False, stop_ids=[first])
+    assert stopped == [tokenizer.decode([first])] and len(free[0]) > len(stopped[0])
 
 
 def test_mia_scores_by_hand() -> None:
@@ -91,6 +132,23 @@ def test_probe_prompts_follow_rwku(tiny) -> None:
         tokenizer, {"query": "Question: A?\nAnswer: B\nQuestion: C?", "type": "incontext learning"}, "aa"
     )
     assert "following question.\nQuestion: A?\nAnswer: B\nQuestion: C?\n" in icl and icl.endswith("Answer:")
+
+
+def test_triviaqa_prompt_is_rwkus_five_shots(tiny) -> None:
+    _, tokenizer, _ = tiny
+    prompt = triviaqa_prompt(tokenizer, "Who wrote Emma?")
+    user = (
+        "\nQ: When did men's figure skating become a summer Olympic sport?\nA: 1908\n"
+        "Q: When did the all india workers and peasants party came in to existence?\nA: November 1925\n"
+        "Q: Flight that went down in the hudson river?\nA: US Airways Flight 1549\n"
+        "Q: Where are most of the world's earthquakes located?\nA: Rim of Fire\n"
+        "Q: Csi when do grissom and sara reunite?\nA: series finale\n"
+        "Please briefly answer the following question:\nQ: Who wrote Emma?\n"
+    )
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == chat + "A:"
 
 
 def test_mmlu_prompt_has_header_five_shots_and_question(tiny) -> None:
@@ -247,6 +305,7 @@ def test_eval_rwku_writes_results_per_target_and_refuses_to_overwrite(
     ada = row["per_target"]["Ada Lovelace"]
     assert ada["n"]["forget_fb"] == 2 and ada["n"]["mmlu"] == 2
     assert 0 <= ada["forget_all"] <= 100 and 0 <= ada["mmlu"] <= 100 and ada["mia_forget_loss"] > 0
+    assert row["stop"] == "rwku"
     assert row["forget_all"] == pytest.approx((ada["forget_all"] + row["per_target"]["Alan Turing"]["forget_all"]) / 2)
     assert "| tiny |" in (out / "rwku_results.md").read_text()
     before = (out / "rwku_results.json").read_bytes()

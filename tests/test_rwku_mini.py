@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unilogit.benchmarks.rwku_mini import CORPUS_CONFIG, KEEP_SCORE, MIN_KEPT
-from unilogit.evaluation.rwku import RWKU_CONFIGS, load_rwku, load_rwku_config, rwku_targets
+from unilogit.benchmarks.rwku_mini import CORPUS_CONFIG, KEEP_SCORE, MIN_KEPT, RETAIN_CONFIG, RETAIN_INSTRUCTIONS
+from unilogit.evaluation.rwku import DEFAULT_STOP, RWKU_CONFIGS, load_rwku, load_rwku_config, rwku_targets
 
 MINI = Path(__file__).parents[1] / "data" / "rwku_mini"
 
@@ -18,6 +18,10 @@ def test_every_config_loads_and_there_are_at_least_8_targets() -> None:
     assert len(targets) >= 8 and len(set(targets)) == len(targets)
     build = json.loads((MINI / "build.json").read_text())
     assert sorted(t for t, info in build["targets"].items() if info["used"]) == sorted(targets)
+    # Kept by the score the evaluator gives by default; the retain chats answer the builder's requests.
+    assert build["stop"] == DEFAULT_STOP
+    chats = load_rwku_config(MINI, RETAIN_CONFIG)
+    assert len(chats) >= 24 and {chat["prompt"] for chat in chats} <= set(RETAIN_INSTRUCTIONS)
 
 
 def test_each_target_has_probes_the_model_answered_and_its_own_corpus() -> None:

@@ -22,6 +22,7 @@
 #   REF_OFFLOAD    1: full fine-tuning without DeepSpeed keeps the frozen reference model on the CPU between uses
 #   BF16           true | false: bf16 mixed precision (default: true for paper when a GPU is visible, else false)
 #   MAX_EXAMPLES   cap every evaluation set (quick runs)
+#   STOP           rwku (default: probes end and are scored as RWKU's code does) | newline (the first line only)
 #   RUN_DIR        the run folder (default saves/rwku/<method>-<data>-<time>; never reused)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RWKU_DATA="${RWKU_DATA:-mini}"
@@ -40,6 +41,7 @@ DATA_ARGS=(--data "$EVAL_DATA")
 [[ -n "${TARGETS:-}" ]] && DATA_ARGS+=(--targets "$TARGETS")
 [[ -n "${MAX_EXAMPLES:-}" ]] && DATA_ARGS+=(--max-examples "$MAX_EXAMPLES")
 [[ -n "${TOKENIZER:-}" ]] && DATA_ARGS+=(--tokenizer "$TOKENIZER")
+[[ -n "${STOP:-}" ]] && DATA_ARGS+=(--stop "$STOP")
 RUN_ARGS=(--model "$MODEL")
 [[ "${BATCH:-0}" == 1 ]] && RUN_ARGS+=(--batch)
 [[ -n "${CORPUS:-}" ]] && RUN_ARGS+=(--corpus "$CORPUS")
@@ -48,16 +50,13 @@ TRAIN_ARGS=(bf16="$BF16")
 [[ -n "${RETAIN_LOSS:-}" ]] && TRAIN_ARGS+=(retain_loss="$RETAIN_LOSS")
 add_scale_switches rwku  # `rwku run` passes --tokenizer (in DATA_ARGS) on to training itself
 
-# Cached "before" evaluations are keyed by the evaluator's code, the local data's bytes, the model, the tokenizer
-# and the target range, so a changed evaluator or regenerated data is evaluated afresh instead of read from a stale
-# cache.
-EVAL_KEY="$( { cat src/unilogit/evaluation/{rwku,common,mia,text_overlap,utility}.py
-  if [[ -d "$EVAL_DATA" ]]; then find "$EVAL_DATA" -type f | sort | xargs cat; fi
-  echo "$MODEL ${TOKENIZER:-} ${TARGETS:-all} ${MAX_EXAMPLES:-}"; } | sha256sum | cut -c1-12)"
-
-# Evaluates the original model on the chosen targets unless cached; prints its results file.
+# Evaluates the original model on the chosen targets unless cached; prints its results file. The cache is keyed by
+# `unilogit rwku key`: the evaluator's code (models.py included), the data's and the model's bytes (a local
+# folder's; an alias or hub id by its name), the tokenizer, and every option (batch size, stop rule, dtype,
+# targets), so a change to any of them is evaluated afresh instead of read from a stale cache.
 rwku_before() {
-  local dir="saves/rwku/evals/before-$DATA_TAG-$EVAL_KEY"
+  local key; key="$("$CLI" rwku key --model "$MODEL" "${DATA_ARGS[@]}")" || exit $?
+  local dir="saves/rwku/evals/before-$DATA_TAG-$key"
   if [[ ! -f "$dir/rwku_results.json" ]]; then
     "$CLI" eval rwku --model "$MODEL" --name before --output "$dir" "${DATA_ARGS[@]}" >&2
   fi

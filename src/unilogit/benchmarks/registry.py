@@ -223,6 +223,7 @@ RWKU = Benchmark(
   rwku run CONFIG.yaml --output DIR   RWKU's target-wise loop: unlearn each target from the original model, evaluate
   rwku export FOLDER                  download RWKU's evaluation sets and corpora once into a local folder
   rwku table RESULTS.json ...         merge eval rwku / rwku run results into one table
+  rwku key --model M [eval flags]     the content key of an evaluation, for caches (the drivers' "before" cache)
 """,
     default_data="data/rwku_mini",
     results_json="rwku_results.json",

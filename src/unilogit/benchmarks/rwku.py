@@ -4,6 +4,7 @@
 table). ``rwku run`` is the paper's target-wise loop: for each target it starts again from the original
 model, unlearns that target's forget corpus with a YAML config, and evaluates; ``--batch`` unlearns all
 chosen targets at once instead (RWKU's batch-target setting). Both average the metrics over targets.
+``rwku key`` prints the cache key of an ``eval rwku`` (the drivers keep the original model's evaluation by it).
 
 A run folder holds ``<n>_<target>/`` per target (its corpus, ``data/``, the model, ``model/``, and its
 metrics) and ``rwku_results.json`` / ``.md`` with every target and the average; nothing in it is ever
@@ -17,6 +18,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_ta
 from unilogit.benchmarks.registry import RWKU
 from unilogit.config import load_config
 from unilogit.errors import ConfigError
+from unilogit.fingerprint import fingerprint, source_files
 from unilogit.launch import needs_torchrun, train
 from unilogit.paths import shipped
 
@@ -35,6 +38,12 @@ DEFAULT_CORPUS = "train_positive_llama3"
 MINI_CORPUS = "train_positive_smollm2"
 # General text the model wrote itself, about no target: the retain set of methods with a retain term.
 MINI_RETAIN = "train_retain_smollm2"
+# The unilogit code an evaluation runs, by module: the evaluator and its metrics, model loading (models: the
+# embedded model's conversion, dtype and placement) and these commands.
+EVAL_CODE = (
+    "evaluation.rwku", "evaluation.common", "evaluation.mia", "evaluation.text_overlap", "evaluation.utility",
+    "evaluation.results", "models", "benchmarks.rwku",
+)  # fmt: skip
 
 
 def _slug(number: int, target: str) -> str:
@@ -42,12 +51,21 @@ def _slug(number: int, target: str) -> str:
 
 
 def _add_data_args(parser: CommandParser) -> None:
+    from unilogit.evaluation.rwku import DEFAULT_STOP, STOP_RULES
+
     parser.add_argument("--data", default=DEFAULT_DATA, help="local RWKU folder, or rwku (jinzhuoran/RWKU on the hub)")
     parser.add_argument("--targets", help="1-based target numbers, e.g. 1-8, 3 or 1-3,7 (default: all)")
     parser.add_argument("--max-examples", type=positive_int, help="cap every evaluation set (quick runs)")
     add_model_args(parser, batch_size=16)
     parser.add_argument("--fluency-tokens", type=positive_int, default=256, help="fluency response length (RWKU: 256)")
     parser.add_argument("--no-utility", action="store_true", help="skip MMLU, TruthfulQA, TriviaQA and fluency")
+    parser.add_argument(
+        "--stop",
+        default=DEFAULT_STOP,
+        choices=STOP_RULES,
+        help="how probe answers end and are scored: rwku (default, as RWKU's code: up to 30 tokens or the end of "
+        "turn, the whole answer, the rouge package) or newline (the first line, rouge_score)",
+    )
 
 
 def _chosen_targets(data: str, spec: str | None) -> list[tuple[int, str]]:
@@ -76,7 +94,7 @@ def _evaluate(model_path: str, data: str, groups: list[list[str]], args: Any) ->
     for targets in groups:
         print(f"[rwku] evaluating {model_path} on {', '.join(targets)}", file=sys.stderr)
         sets = load_rwku(data, targets, limit=args.max_examples)
-        metrics = evaluate_rwku(model, tokenizer, sets, args.batch_size, utility=False)
+        metrics = evaluate_rwku(model, tokenizer, sets, args.batch_size, utility=False, stop=args.stop)
         if not args.no_utility:
             key = utility_key(sets)
             if key not in scored:
@@ -120,7 +138,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     per_target = _evaluate(args.model, data, [[target] for _, target in chosen], args)
     name = args.name or Path(args.model).name
     extra = {"model": args.model, "data": args.data, "targets": args.targets, "tokenizer": args.tokenizer,
-             "dtype": eval_dtype(args.dtype)}  # fmt: skip
+             "dtype": eval_dtype(args.dtype), "stop": args.stop}  # fmt: skip
     results = _summary(name, per_target, extra)
     _write(results, out, f"`unilogit eval rwku --model {args.model} --data {args.data}`")
     return results
@@ -236,11 +254,42 @@ def run(argv: list[str]) -> dict[str, Any]:
     name = args.name or Path(args.config).stem
     extra = {"config": args.config, "model": args.model, "data": args.data, "targets": args.targets,
              "batch": args.batch, "overrides": args.overrides, "tokenizer": args.tokenizer,
-             "dtype": eval_dtype(args.dtype)}  # fmt: skip
+             "dtype": eval_dtype(args.dtype), "stop": args.stop}  # fmt: skip
     results = _summary(name, per_target, extra)
     _write(results, out, f"`unilogit rwku run {args.config} --data {args.data}` ({'batch' if args.batch else 'single'}"
            "-target)")  # fmt: skip
     return results
+
+
+def eval_key(args: Any, code: Sequence[Path] | None = None) -> str:
+    """The cache key of an ``eval rwku`` with the parsed ``args``: the bytes of the evaluator's ``code`` (default:
+    :data:`EVAL_CODE`'s files), of the data (a local folder; the hub's name), of the model and the tokenizer (a
+    local folder's top-level files, else the alias or hub id), and every option that changes a number: the batch
+    size, the stop rule, the dtype this machine loads in, the targets, the caps, the fluency length, utility."""
+    from unilogit.models import eval_dtype
+
+    options = {"batch_size": args.batch_size, "stop": args.stop, "dtype": eval_dtype(args.dtype),
+               "targets": args.targets, "max_examples": args.max_examples, "fluency_tokens": args.fluency_tokens,
+               "utility": not args.no_utility}  # fmt: skip
+    files = source_files(EVAL_CODE) if code is None else code
+    models = [fingerprint(name, shallow=True) for name in (args.model, args.tokenizer)]
+    return fingerprint(*files, shipped(args.data), *models, options)
+
+
+def key_parser() -> CommandParser:
+    """The options of ``unilogit rwku key``: the model and ``eval rwku``'s data and model options."""
+    parser = CommandParser(prog="unilogit rwku key", description=key.__doc__)
+    parser.add_argument("--model", required=True, help="alias, hub id, or a model folder")
+    _add_data_args(parser)
+    return parser
+
+
+def key(argv: list[str]) -> str:
+    """``unilogit rwku key --model M [eval rwku's options]``: print the cache key of that evaluation
+    (:func:`eval_key`), which changes whenever its result could."""
+    digest = eval_key(key_parser().parse_args(argv))
+    print(digest)
+    return digest
 
 
 def table(argv: list[str]) -> dict[str, Any]:
@@ -265,12 +314,12 @@ def export(argv: list[str]) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    """``unilogit rwku run|export|table``."""
-    commands = {"run": run, "export": export, "table": table}
+    """``unilogit rwku run|export|table|key``."""
+    commands = {"run": run, "export": export, "table": table, "key": key}
     if not argv or argv[0] not in commands:
         raise ConfigError(
             "usage: unilogit rwku run CONFIG.yaml --output DIR ... | unilogit rwku export FOLDER | "
-            "unilogit rwku table RESULTS.json ..."
+            "unilogit rwku table RESULTS.json ... | unilogit rwku key --model M ..."
         )
     commands[argv[0]](argv[1:])
     sys.stdout.flush()

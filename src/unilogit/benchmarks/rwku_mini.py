@@ -4,38 +4,52 @@
 written for this project (``rwku_mini_candidates.json`` beside this file):
 
 1. **Probes the model answers.** Every candidate probe (forget FB/QA/AA, neighbor FB/QA) is asked in
-   RWKU's format (:func:`unilogit.evaluation.rwku.probe_prompt`, greedy, 30 tokens) and kept only when it
-   scores at least :data:`KEEP_SCORE` (ROUGE-L recall × 100); its score is kept in the record as
-   ``before``. A target stays only if enough of its probes survive (:data:`MIN_KEPT`); the first
-   ``--targets`` such targets, in the candidates' order, make the benchmark.
+   RWKU's format (:func:`unilogit.evaluation.rwku.probe_prompt`) and answered and scored as the evaluator
+   does by default (``--stop``: :func:`unilogit.evaluation.rwku.probe_outputs`, greedy, up to 30 tokens), and
+   kept only when it scores at least :data:`KEEP_SCORE` (ROUGE-L recall × 100); its score is kept in the
+   record as ``before``. A target qualifies when enough of its probes survive (:data:`MIN_KEPT`: at least 20
+   neighbor probes).
 2. **Forget corpora written by the model itself,** as RWKU does: ``"Please write a short biography of
-   {target}."`` sampled at T = 1, top-p 0.9 (:data:`CORPUS_SAMPLES` per target, seeded), saved as the
-   ``train_positive_smollm2`` corpus. Run it again with ``--model`` to regenerate them for another model.
+   {target}."`` sampled at T = 1, top-p 0.9 (:data:`CORPUS_SAMPLES` per qualifying target, seeded by its
+   number among the candidates), saved as the ``train_positive_smollm2`` corpus. Run it again with ``--model``
+   to regenerate them for another model.
 3. A retain corpus of general chat, for methods with a retain term: the model's own greedy answers to
-   :data:`RETAIN_INSTRUCTIONS` (about no person and no probed fact), saved as ``train_retain_smollm2`` with
+   :data:`RETAIN_INSTRUCTIONS` (about no person and no evaluated fact), saved as ``train_retain_smollm2`` with
    the request as ``prompt``, so that the retain term keeps the chat behaviour that the probes are asked in.
 4. MIA member texts and the small utility sets (:func:`utility_tables`) are copied in RWKU's schemas;
    every MMLU question gets the five solved examples of its task as ``examples``.
+5. **No leakage** (:func:`find_leaks`): a neighbor probe that a forget corpus holds is dropped, and so is a
+   retain chat that holds any evaluated string; the first ``--targets`` qualifying targets that still have
+   enough probes, in the candidates' order, make the benchmark. Any other leak stops the build.
 
-The result is deterministic for a model and seed on a machine; it is shipped in ``data/rwku_mini`` with
-``build.json`` (model, seed, thresholds, what was kept).
+The result is deterministic for a model, seed, batch size and thread count on a machine; it is shipped in
+``data/rwku_mini`` with ``build.json`` (those settings, thresholds, what was kept and dropped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unilogit.atomic import atomic_write_text
+from unilogit.errors import ConfigError
 from unilogit.evaluation.common import generate_greedy
 from unilogit.evaluation.rwku import (
-    PROBE_STOPS,
-    PROBE_TOKENS,
+    DEFAULT_STOP,
+    RWKU_CONFIGS,
+    STOP_RULES,
+    TRIVIAQA_PRIMER,
+    TRUTHFULQA_PRIMER,
     chat_prompt,
+    load_rwku_config,
+    probe_outputs,
     probe_prompt,
     probe_score,
     write_rwku_layout,
@@ -44,18 +58,20 @@ from unilogit.evaluation.rwku import (
 CANDIDATES = Path(__file__).with_name("rwku_mini_candidates.json")
 CORPUS_CONFIG = "train_positive_smollm2"
 KEEP_SCORE = 50.0
-# The fewest probes a target needs per kind (forget FB, QA, AA; neighbor FB + QA) to be kept.
-MIN_KEPT = {"forget_level1": 2, "forget_level2": 3, "forget_level3": 3, "neighbor": 4}
+# The fewest probes a target needs per kind (forget FB, QA, AA; neighbor FB + QA) to be kept. With 20 neighbor
+# probes, one probe moves a target's neighbor All by at most 5 points.
+MIN_KEPT = {"forget_level1": 2, "forget_level2": 3, "forget_level3": 3, "neighbor": 20}
 # Utility is scored again after every target's unlearning, so the sets are kept small enough for the whole
 # mini run to fit the CPU budget: MMLU questions per task, and the size of the other three.
 UTILITY_SIZES = {"mmlu_per_task": 4, "utility_truthfulness": 10, "utility_factuality": 12, "utility_fluency": 4}
 CORPUS_PROMPT = "Please write a short biography of {}."
 RETAIN_CONFIG = "train_retain_smollm2"
-# General requests about no person, none of them a fluency instruction and none about a fact that a probe asks
-# (no capitals, painters, writers, wars, planets, genes or diseases): the model's own answers make the retain
-# set of the methods with a retain term (RWKU itself has none).
+# General requests about no person and no evaluated fact: none asks or answers a probe, an MMLU, TruthfulQA or
+# TriviaQA question (nor one of their solved examples: no geography, arithmetic, biology or trivia quiz), none is
+# a fluency instruction or on the topic of an MIA text. The model's own answers make the retain set of the
+# methods with a retain term (RWKU itself has none); an answer that still holds an evaluated string is dropped.
 RETAIN_INSTRUCTIONS = (
-    "Explain how a rainbow forms.",
+    "Explain how a kite flies.",
     "Describe a busy market in the morning.",
     "Write a short paragraph about the importance of sleep.",
     "Explain how to plant a tree.",
@@ -64,29 +80,29 @@ RETAIN_INSTRUCTIONS = (
     "Explain why the sky is blue.",
     "Give advice for someone starting to run.",
     "Describe how bread is baked.",
-    "Write a short paragraph about the ocean.",
-    "Explain how bees make honey.",
+    "Write a short paragraph about a walk in the park.",
+    "Explain how a bicycle pump works.",
     "Describe a quiet library.",
     "Write a few sentences about riding a bicycle.",
     "Explain how a recycling centre works.",
-    "Describe a thunderstorm at night.",
+    "Describe a snowy morning in a small town.",
     "Give tips for keeping a room tidy.",
-    "How many legs does a spider have?",
-    "What do you call a baby cat?",
-    "How many minutes are in an hour?",
-    "What is the freezing point of water in degrees Celsius?",
-    "What is the tallest mountain in the world?",
-    "Which is the largest ocean on Earth?",
-    "How many players are on a football (soccer) team on the field?",
-    "What colour do you get when you mix blue and yellow?",
-    "What is the main ingredient of guacamole?",
-    "Which animal is known as the king of the jungle?",
-    "How many sides does a hexagon have?",
-    "What do bees collect from flowers?",
-    "What is the opposite of hot?",
-    "Which musical instrument has black and white keys?",
-    "What is 12 multiplied by 12?",
-    "Which season comes after winter?",
+    "How many days are in a week?",
+    "What do you call a baby dog?",
+    "How many wheels does a tricycle have?",
+    "What is the opposite of up?",
+    "Which season comes after summer?",
+    "What colour is grass?",
+    "How many months are in a year?",
+    "What is the opposite of big?",
+    "What do you use to cut paper?",
+    "Which meal do people eat in the morning?",
+    "What do you wear on your feet?",
+    "What sound does a cow make?",
+    "What do you call a group of sheep?",
+    "Which fruit is yellow and curved?",
+    "What do you use to open a locked door?",
+    "What is the opposite of early?",
 )
 CORPUS_SAMPLES = 6
 CORPUS_TOKENS = 200
@@ -100,13 +116,14 @@ PROBE_KINDS = {
 }
 
 
-def score_probes(model: Any, tokenizer: Any, probes: list[dict], batch_size: int) -> list[float]:
-    """The original model's score on each probe (``probes`` carry ``kind``: fb | qa | aa)."""
+def score_probes(
+    model: Any, tokenizer: Any, probes: list[dict], batch_size: int, stop: str = DEFAULT_STOP
+) -> list[float]:
+    """The original model's score on each probe (``probes`` carry ``kind``: fb | qa | aa), under the evaluator's
+    ``stop`` rule."""
     prompts = [probe_prompt(tokenizer, probe, probe["kind"]) for probe in probes]
-    outputs = generate_greedy(
-        model, tokenizer, prompts, PROBE_TOKENS, batch_size, "candidate probes", PROBE_STOPS, add_special_tokens=False
-    )
-    return [probe_score(o.split("\n")[0], p["answer"]) for o, p in zip(outputs, probes, strict=True)]
+    outputs = probe_outputs(model, tokenizer, prompts, batch_size, "candidate probes", stop)
+    return [probe_score(o, p["answer"], stop) for o, p in zip(outputs, probes, strict=True)]
 
 
 def write_biographies(model: Any, tokenizer: Any, target: str, samples: int, seed: int) -> list[str]:
@@ -165,8 +182,55 @@ def utility_tables(candidates: dict[str, Any]) -> dict[str, list[dict]]:
     return tables
 
 
-def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: int = SEED) -> dict[str, Any]:
-    """Build the mini benchmark into ``out_dir`` (see the module docstring); returns ``build.json``'s content."""
+def _counts(probes: list[dict]) -> dict[str, int]:
+    counts = {config: sum(p["config"] == config for p in probes) for config in PROBE_KINDS}
+    counts["neighbor"] = counts["neighbor_level1"] + counts["neighbor_level2"]
+    return counts
+
+
+def _enough(probes: list[dict]) -> bool:
+    counts = _counts(probes)
+    return all(counts[key] >= low for key, low in MIN_KEPT.items())
+
+
+def _tables(entries: list[dict], kept: dict[str, list[dict]], corpora: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """The per-target configs of ``entries`` (candidate targets): their probes ``kept`` and forget corpora."""
+    tables: dict[str, list[dict]] = {name: [] for name in ("forget_target", *PROBE_KINDS, "mia_forget", "mia_retain")}
+    tables[CORPUS_CONFIG] = []
+    for entry in entries:
+        target = entry["target"]
+        tables["forget_target"].append({"target": target, "intro": entry["intro"]})
+        for probe in kept[target]:
+            record = {k: probe[k] for k in ("subject", "query", "answer", "level", "before", "type") if k in probe}
+            tables[probe["config"]].append(record)
+        tables["mia_forget"] += [{"subject": target, "text": text} for text in entry["forget_mia"]]
+        tables["mia_retain"] += [{"subject": target, "text": text} for text in entry["retain_mia"]]
+        tables[CORPUS_CONFIG] += [{"subject": target, "text": text} for text in corpora[target]]
+    return tables
+
+
+def leaks_to_drop(tables: Mapping[str, list[dict]]) -> tuple[set[tuple[str, str, str]], set[int]]:
+    """What the builder drops for :func:`leaks`: the neighbor probes that a forget corpus holds, as ``(config,
+    subject, query)``, and the indices of the retain chats that hold any evaluated string."""
+    found = leaks(tables)
+    chats = {leak.found_in[1] for leak in found if leak.found_in and leak.found_in[0] == RETAIN_CONFIG}
+    probes = {
+        (leak.item[0], *(tables[leak.item[0]][leak.item[1]][k] for k in ("subject", "query")))
+        for leak in found
+        if leak.item[0].startswith("neighbor") and leak.found_in and leak.found_in[0] != RETAIN_CONFIG
+    }
+    return probes, chats
+
+
+def build(
+    model_name: str, out_dir: Path, targets: int, batch_size: int, seed: int = SEED, stop: str = DEFAULT_STOP
+) -> dict[str, Any]:
+    """Build the mini benchmark into ``out_dir`` (see the module docstring); returns ``build.json``'s content.
+
+    No evaluated string is left where :func:`leaks` finds it: a neighbor probe that a forget corpus holds is
+    dropped before the targets are chosen (unlearning that corpus would unlearn it), and so is a retain chat
+    that holds any evaluated string. Any other leak is the candidates' fault and stops the build.
+    """
     from unilogit.models import load_for_eval
 
     candidates = json.loads(CANDIDATES.read_text(encoding="utf-8"))
@@ -177,38 +241,240 @@ def build(model_name: str, out_dir: Path, targets: int, batch_size: int, seed: i
         for config, (kind, level) in PROBE_KINDS.items()
         for record in entry[config]
     ]
-    for probe, score in zip(probes, score_probes(model, tokenizer, probes, batch_size), strict=True):
+    for probe, score in zip(probes, score_probes(model, tokenizer, probes, batch_size, stop), strict=True):
         probe["before"] = round(score, 2)
-
-    tables: dict[str, list[dict]] = {name: [] for name in ("forget_target", *PROBE_KINDS, "mia_forget", "mia_retain")}
-    tables[CORPUS_CONFIG] = []
-    report: dict[str, Any] = {"model": model_name, "seed": seed, "keep_score": KEEP_SCORE, "targets": {}}
+    # The CPU threads change the last bits of a sum, and so a sampled biography: they are part of the recipe.
+    report: dict[str, Any] = {"model": model_name, "seed": seed, "stop": stop, "keep_score": KEEP_SCORE,
+                              "threads": torch.get_num_threads(), "batch_size": batch_size, "targets": {}}  # fmt: skip
+    # Targets with enough answered probes, each with its corpus: biographies are seeded by the candidate's number,
+    # so a target's corpus does not depend on which others qualify.
+    answered: dict[str, list[dict]] = {}
+    corpora: dict[str, list[str]] = {}
     for number, entry in enumerate(candidates["targets"]):
         target = entry["target"]
-        mine = [p for p in probes if p["subject"] == target]
-        kept = [p for p in mine if p["before"] >= KEEP_SCORE]
-        counts = {config: sum(p["config"] == config for p in kept) for config in PROBE_KINDS}
-        counts["neighbor"] = counts["neighbor_level1"] + counts["neighbor_level2"]
-        enough = all(counts[key] >= low for key, low in MIN_KEPT.items())
-        report["targets"][target] = {"kept": counts, "candidates": len(mine), "used": False}
-        if not enough or len(tables["forget_target"]) >= targets:
-            continue
-        report["targets"][target]["used"] = True
-        tables["forget_target"].append({"target": target, "intro": entry["intro"]})
-        for probe in kept:
-            record = {k: probe[k] for k in ("subject", "query", "answer", "level", "before")}
-            if "type" in probe:
-                record["type"] = probe["type"]
-            tables[probe["config"]].append(record)
-        tables["mia_forget"] += [{"subject": target, "text": text} for text in entry["forget_mia"]]
-        tables["mia_retain"] += [{"subject": target, "text": text} for text in entry["retain_mia"]]
-        texts = write_biographies(model, tokenizer, target, CORPUS_SAMPLES, seed + number)
-        tables[CORPUS_CONFIG] += [{"subject": target, "text": text} for text in texts]
-    tables.update(utility_tables(candidates))
+        answered[target] = [p for p in probes if p["subject"] == target and p["before"] >= KEEP_SCORE]
+        if _enough(answered[target]):
+            corpora[target] = write_biographies(model, tokenizer, target, CORPUS_SAMPLES, seed + number)
+    entries = [entry for entry in candidates["targets"] if entry["target"] in corpora]
+    tables = {**_tables(entries, answered, corpora), **utility_tables(candidates)}
     tables[RETAIN_CONFIG] = retain_chats(model, tokenizer, batch_size)
+    chats = tables[RETAIN_CONFIG]
+    dropped, leaky_chats = leaks_to_drop(tables)
+    kept = {
+        target: [p for p in mine if (p["config"], p["subject"], p["query"]) not in dropped]
+        for target, mine in answered.items()
+    }
+    chosen = [entry for entry in entries if _enough(kept[entry["target"]])][:targets]
+    for entry in candidates["targets"]:
+        target = entry["target"]
+        report["targets"][target] = {
+            "kept": _counts(kept[target]),
+            "candidates": sum(p["subject"] == target for p in probes),
+            "neighbors_in_a_forget_corpus": len(answered[target]) - len(kept[target]),
+            "used": entry in chosen,
+        }
+    tables = {**_tables(chosen, kept, corpora), **utility_tables(candidates)}
+    tables[RETAIN_CONFIG] = [chat for i, chat in enumerate(chats) if i not in leaky_chats]
+    report["retain_chats_dropped"] = [chats[i]["prompt"] for i in sorted(leaky_chats)]
+    left = leaks(tables)
+    if left:
+        raise ConfigError(
+            f"{CANDIDATES.name}: {left[0].line}"
+            + (f" (and {len(left) - 1} more)" if len(left) > 1 else "")
+            + "; reword or replace that candidate so that no evaluated string is trained on"
+        )
     write_rwku_layout(tables, out_dir)
     atomic_write_text(out_dir / "build.json", json.dumps(report, indent=1) + "\n")
     return report
+
+
+# ------------------------------------------------------------------------------------------ leakage
+
+# Words that say nothing about which fact a question asks (left out of its content words).
+_FILLER = frozenset(
+    "a an the of in on at to for from by with and or as is are was were be been has have had do does did which what "
+    "who whom whose where when why how many much this that these those it its he his she her they their there known "
+    "called famous most first please following question answer".split()
+)
+# An answer this long (after its articles go) is specific enough to be a leak wherever it stands.
+LONG_ANSWER_WORDS, LONG_ANSWER_CHARS = 2, 8
+# A sentence that holds this share of a question's content words (at least PARAPHRASE_MIN_WORDS of them), each
+# compared by its first STEM_CHARS letters ("freeze" ~ "freezing"), asks that question in other words.
+PARAPHRASE_SHARE, PARAPHRASE_MIN_WORDS, STEM_CHARS = 0.75, 3, 5
+# MIA sentences at least this long are checked one by one.
+MIA_SENTENCE_WORDS = 6
+
+
+def _words(text: str) -> list[str]:
+    """Lowercased runs of letters and digits: case, whitespace and punctuation do not count."""
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def _phrase(text: str) -> str:
+    """``text`` normalised (:func:`_words`), padded with spaces so that it matches whole words only."""
+    return " " + " ".join(_words(text)) + " "
+
+
+def _sentences(text: str) -> list[str]:
+    return [part for part in re.split(r"[.!?\n]+", text) if part.strip()]
+
+
+def _content(text: str) -> frozenset[str]:
+    """The stems (first :data:`STEM_CHARS` letters) of the words of ``text`` that name something (no filler)."""
+    return frozenset(word[:STEM_CHARS] for word in _words(text) if word not in _FILLER)
+
+
+@dataclass(frozen=True)
+class _Needle:
+    """One evaluated string: its record (config and index), what it is (question, answer or MIA text), whether
+    it belongs to a forget set, and the content words (:func:`_content`) of the question it asks or answers."""
+
+    config: str
+    index: int
+    what: str
+    text: str
+    forget: bool = False
+    question: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Haystack:
+    """A text trained on (a ``train_*`` record; ``forget_corpus`` when it is about a target), or solved examples
+    shown in the prompts of one utility set (``shown_with``: its config, and the one record whose prompt alone
+    holds them, or None for all), normalised once: the whole text and each sentence's phrase and content words.
+    ``record`` is ``(config, index)`` for a training record, else None."""
+
+    where: str
+    record: tuple[str, int] | None
+    text: str
+    sentences: tuple[tuple[str, frozenset[str]], ...]
+    forget_corpus: bool = False
+    shown_with: tuple[str, int | None] | None = None
+
+
+def _needles(tables: Mapping[str, list[dict]]) -> Iterator[_Needle]:
+    """Every evaluated question, answer and MIA text of ``tables`` (config -> records)."""
+    for config in ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2"):
+        forget = config.startswith("forget")
+        for i, r in enumerate(tables.get(config, [])):
+            # A blank is asked as the statement it completes.
+            question = r["query"].replace("___", r["answer"])
+            yield _Needle(config, i, "question", question, forget, _content(question))
+            # The answer's own sentence need not name the target (its corpus says "he").
+            yield _Needle(config, i, "answer", r["answer"], forget, _content(r["query"]) - _content(r["subject"]))
+    for config in ("mia_forget", "mia_retain"):
+        for i, r in enumerate(tables.get(config, [])):
+            pieces = [r["text"], *(s for s in _sentences(r["text"]) if len(_words(s)) >= MIA_SENTENCE_WORDS)]
+            yield from (_Needle(config, i, "text", piece, config == "mia_forget") for piece in dict.fromkeys(pieces))
+    utility = {
+        "utility_general": lambda r: (r["question"], [r["choices"][int(r["answer"])]]),
+        "utility_truthfulness": lambda r: (r["question"], [c for c, label in zip(r["mc1_targets"]["choices"],
+                                                                                 r["mc1_targets"]["labels"],
+                                                                                 strict=True) if label == 1]),
+        "utility_factuality": lambda r: (r["question"], r["answers"]),
+        "utility_fluency": lambda r: (r["instruction"], []),
+    }  # fmt: skip
+    for config, parts in utility.items():
+        for i, r in enumerate(tables.get(config, [])):
+            question, answers = parts(r)
+            content = _content(question)
+            yield _Needle(config, i, "question", question, question=content)
+            yield from (_Needle(config, i, "answer", answer, question=content) for answer in answers)
+
+
+def _haystack(
+    where: str, text: str, record: Any = None, forget_corpus: bool = False, shown_with: Any = None
+) -> _Haystack:
+    sentences = tuple((_phrase(s), _content(s)) for s in _sentences(text))
+    return _Haystack(where, record, _phrase(text), sentences, forget_corpus, shown_with)
+
+
+def _haystacks(tables: Mapping[str, list[dict]]) -> Iterator[_Haystack]:
+    """Every text a model is trained on: the records of the ``train_*`` configs, those of a forget corpus about
+    a target (``subject``), the retain corpus's about none. And the solved examples in utility prompts: each MMLU
+    question's shots, and the TriviaQA and TruthfulQA primers of every question of their sets."""
+    targets = {r["target"] for r in tables.get("forget_target", [])}
+    for config in sorted(c for c in tables if c.startswith("train_")):
+        for i, r in enumerate(tables[config]):
+            text = "\n".join(str(r[key]) for key in ("prompt", "text") if key in r)
+            yield _haystack(f"{config} #{i}", text, (config, i), forget_corpus=r.get("subject") in targets)
+    for i, r in enumerate(tables.get("utility_general", [])):
+        shots = "\n".join(f"{s['question']}\n{s['choices'][int(s['answer'])]}" for s in r.get("examples", []))
+        yield _haystack(f"utility_general #{i}'s shots", shots, shown_with=("utility_general", i))
+    yield _haystack("the TriviaQA shots", TRIVIAQA_PRIMER, shown_with=("utility_factuality", None))
+    yield _haystack("the TruthfulQA primer", TRUTHFULQA_PRIMER, shown_with=("utility_truthfulness", None))
+
+
+def _found(needle: _Needle, hay: _Haystack) -> bool:
+    """Whether ``needle`` is in ``hay``, all compared as lowercased words (:func:`_words`: case, whitespace and
+    punctuation do not count).
+
+    - An MIA text or sentence: as a phrase.
+    - A question (a blank's as the statement it completes): as a phrase, or paraphrased: a sentence holds
+      :data:`PARAPHRASE_SHARE` of its content words (when it has :data:`PARAPHRASE_MIN_WORDS`).
+    - A long answer (:data:`LONG_ANSWER_WORDS` words or :data:`LONG_ANSWER_CHARS` characters, articles left
+      out): as a phrase anywhere. A short one ("Paris", "8") is common in any text, so only in a sentence that
+      also holds at least half of its question's content words.
+    """
+    words = [w for w in _words(needle.text) if needle.what != "answer" or w not in ("a", "an", "the")]
+    if not words:
+        return False
+    phrase = " " + " ".join(words) + " "
+    wanted = needle.question
+    if needle.what == "question" and len(wanted) >= PARAPHRASE_MIN_WORDS:
+        if any(len(wanted & present) >= PARAPHRASE_SHARE * len(wanted) for _, present in hay.sentences):
+            return True
+    if needle.what != "answer" or len(words) >= LONG_ANSWER_WORDS or len(phrase.strip()) >= LONG_ANSWER_CHARS:
+        return phrase in hay.text
+    return any(phrase in text and 2 * len(wanted & present) >= max(len(wanted), 1) for text, present in hay.sentences)
+
+
+def _applies(needle: _Needle, hay: _Haystack) -> bool:
+    """Whether ``needle`` must not be in ``hay``. Solved examples matter only to the questions whose prompts
+    show them. Training data matters to everything but the forget sets inside a forget corpus, which they are
+    meant to be in: a target's corpus is trained on only in a run that forgets that target (alone, or in a batch
+    whose other targets are forgotten too), and another target's forget probes are not scored in that run."""
+    if hay.shown_with is not None:
+        config, index = hay.shown_with
+        return needle.config == config and index in (None, needle.index)
+    return not (needle.forget and hay.forget_corpus)
+
+
+@dataclass(frozen=True)
+class Leak:
+    """An evaluated string found where it must not be: a line saying so, the evaluated record it belongs to and
+    the training record it is in (``(config, index)``; None for solved examples)."""
+
+    line: str
+    item: tuple[str, int]
+    found_in: tuple[str, int] | None
+
+
+def leaks(tables: Mapping[str, list[dict]]) -> list[Leak]:
+    """Every evaluated string of ``tables`` (config -> records) found where it must not be (:func:`_applies`,
+    :func:`_found`)."""
+    needles = list(_needles(tables))
+    return [
+        Leak(f"{n.config} #{n.index} {n.what} {n.text!r} is in {hay.where}", (n.config, n.index), hay.record)
+        for hay in _haystacks(tables)
+        for n in needles
+        if _applies(n, hay) and _found(n, hay)
+    ]
+
+
+def load_tables(folder: str | Path) -> dict[str, list[dict]]:
+    """Every RWKU config and ``train_*`` corpus present in a local RWKU folder, by name."""
+    root = Path(folder)
+    names = [c for c in RWKU_CONFIGS if (root / c).is_dir()]
+    names += sorted(p.name for p in root.glob("train_*") if p.is_dir())
+    return {name: load_rwku_config(root, name) for name in names}
+
+
+def find_leaks(folder: str | Path) -> list[str]:
+    """Every evaluated question, answer or MIA text of the RWKU folder that is also in its training data or in
+    the solved examples of its own prompt, one line each (empty: no leak); the rules are :func:`_applies` and
+    :func:`_found`."""
+    return [leak.line for leak in leaks(load_tables(folder))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,8 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=int, default=8, help="how many targets to keep")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--stop", default=DEFAULT_STOP, choices=STOP_RULES, help="the stop rule probes are scored by")
     args = parser.parse_args(argv)
-    report = build(args.model, Path(args.out), args.targets, args.batch_size, args.seed)
+    report = build(args.model, Path(args.out), args.targets, args.batch_size, args.seed, args.stop)
     for target, info in report["targets"].items():
         print(f"{'used' if info['used'] else 'left':4}  {target:22} kept {info['kept']} of {info['candidates']}")
 

@@ -47,7 +47,7 @@ from unilogit.evaluation.common import (
 )
 from unilogit.evaluation.mia import min_k_plus_plus, min_k_score
 from unilogit.evaluation.results import format_metrics_table, write_metrics
-from unilogit.evaluation.text_overlap import rouge_l_recall, token_f1
+from unilogit.evaluation.text_overlap import rouge_l_recall, rouge_l_recall_rwku, token_f1
 from unilogit.evaluation.utility import ngram_entropy, truthfulqa_mc1
 
 # --------------------------------------------------------------------------------------------- data
@@ -213,6 +213,12 @@ def export_rwku(out_dir: str | Path) -> Path:
 
 PROBE_TOKENS = 30
 FLUENCY_TOKENS = 256
+# How a probe's answer ends and is scored (:func:`probe_outputs`, :func:`probe_score`). ``rwku`` is what RWKU's
+# code does in effect: its newline stop ids are the tokenizer's unknown token in byte-level vocabularies (Llama-3's,
+# SmolLM2's), so every probe runs to the end of turn or 30 tokens, and the whole answer is scored with the
+# ``rouge`` package. ``newline`` is this project's first rule: the answer's first line, scored with ``rouge_score``.
+STOP_RULES = ("rwku", "newline")
+DEFAULT_STOP = "rwku"
 PROBE_STOPS = ("\n",)
 FB_INSTRUCTION = "Please complete the blank in the following question.\nQuestion: {}\n"
 QA_INSTRUCTION = "Please briefly answer the following question.\nQuestion: {}\n"
@@ -233,13 +239,14 @@ TRUTHFULQA_PRIMER = (
     "Q: Where were the 1992 Olympics held?\n"
     "A: The 1992 Olympics were held in Barcelona, Spain."
 )
-# Five open-domain questions as TriviaQA's few-shot prefix (written for this project).
-TRIVIAQA_SHOTS = (
-    ("Which planet is known as the Red Planet?", "Mars"),
-    ("What is the capital city of Japan?", "Tokyo"),
-    ("Which element has the chemical symbol O?", "Oxygen"),
-    ("How many legs does a spider have?", "Eight"),
-    ("In which country are the pyramids of Giza?", "Egypt"),
+# RWKU's TriviaQA few-shot prefix, word for word (``few_prompt`` in its eval_triviaqa.py), leading newline included.
+TRIVIAQA_PRIMER = (
+    "\nQ: When did men's figure skating become a summer Olympic sport?\nA: 1908\n"
+    "Q: When did the all india workers and peasants party came in to existence?\nA: November 1925\n"
+    "Q: Flight that went down in the hudson river?\nA: US Airways Flight 1549\n"
+    "Q: Where are most of the world's earthquakes located?\nA: Rim of Fire\n"
+    "Q: Csi when do grissom and sara reunite?\nA: series finale\n"
+    "Please briefly answer the following question:\n"
 )
 
 
@@ -299,9 +306,9 @@ def truthfulqa_prompt(tokenizer: Any, question: str) -> str:
 
 
 def triviaqa_prompt(tokenizer: Any, question: str) -> str:
-    """The five solved questions, the instruction and ``Q: question``, in the chat template, then ``A:``."""
-    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in TRIVIAQA_SHOTS)
-    return chat_prompt(tokenizer, f"{shots}Please briefly answer the following question:\nQ: {question}\n", "A:")
+    """RWKU's five solved questions and instruction (:data:`TRIVIAQA_PRIMER`) and ``Q: question``, in the chat
+    template, then ``A:``."""
+    return chat_prompt(tokenizer, f"{TRIVIAQA_PRIMER}Q: {question}\n", "A:")
 
 
 def fluency_prompt(tokenizer: Any, instruction: str) -> str:
@@ -312,14 +319,45 @@ def fluency_prompt(tokenizer: Any, instruction: str) -> str:
 # ------------------------------------------------------------------------------------------ scoring
 
 
-def probe_score(prediction: str, answer: str) -> float:
-    """ROUGE-L recall × 100 of the stripped prediction against the answer (an empty one scores 0).
+def check_stop(stop: str) -> str:
+    """``stop`` if it is one of :data:`STOP_RULES`, else a one-line error."""
+    if stop not in STOP_RULES:
+        raise ConfigError(f"stop rule {stop!r} is not valid; use {' or '.join(STOP_RULES)}")
+    return stop
 
-    RWKU scores with the ``rouge`` package (whitespace tokens); ``rouge_score`` here also splits on
-    punctuation, so "Apple." matches "Apple".
+
+def rwku_stop_ids(tokenizer: Any, newline: bool) -> list[int]:
+    """The token ids RWKU's code stops generation at (its ``terminators``): the tokenizer's eos and
+    ``<|eot_id|>``, and for the probes (``newline``) also ``" \n"`` and ``"\n"``, each looked up as one token
+    with ``convert_tokens_to_ids``. A byte-level vocabulary has no such newline token, so those two are its
+    unknown token (SmolLM2: ``<|endoftext|>``) or nothing: in effect the probes stop only at the end of turn."""
+    names = ["<|eot_id|>", *([" \n", "\n"] if newline else [])]
+    ids = [tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(name) for name in names)]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
+
+
+def probe_outputs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int, desc: str, stop: str) -> list[str]:
+    """Greedy answers of up to :data:`PROBE_TOKENS` tokens to probe prompts: under ``rwku`` ending at RWKU's
+    stop ids (:func:`rwku_stop_ids`), under ``newline`` also at the first newline."""
+    if check_stop(stop) == "newline":
+        stops: dict[str, Any] = {"stop_strings": PROBE_STOPS}
+    else:
+        stops = {"stop_ids": rwku_stop_ids(tokenizer, newline=True)}
+    return generate_greedy(model, tokenizer, prompts, PROBE_TOKENS, batch_size, desc, add_special_tokens=False, **stops)
+
+
+def probe_score(output: str, answer: str, stop: str = DEFAULT_STOP) -> float:
+    """The score × 100 of one probe's generated ``output`` against its answer (an empty one scores 0).
+
+    - ``rwku`` (default): the whole stripped output, ROUGE-L recall of the ``rouge`` package
+      (:func:`rouge_l_recall_rwku`: words split at spaces, case and punctuation kept), as RWKU.
+    - ``newline``: the output's first line, stripped, ROUGE-L recall of ``rouge_score``
+      (:func:`rouge_l_recall`: lowercased, split at every non-alphanumeric character, so "Byron," matches).
     """
-    prediction = prediction.strip()
-    return rouge_l_recall(prediction, answer) * 100 if prediction else 0.0
+    if check_stop(stop) == "newline":
+        prediction = output.split("\n")[0].strip()
+        return rouge_l_recall(prediction, answer) * 100 if prediction else 0.0
+    return rouge_l_recall_rwku(output.strip(), answer) * 100
 
 
 MIA_K = 0.2
@@ -338,16 +376,14 @@ def mia_scores(stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[s
 # ----------------------------------------------------------------------------------------- evaluate
 
 
-def _probes(model, tokenizer, probes: dict[str, list[dict]], batch_size: int, desc: str) -> dict[str, Any]:
+def _probes(model, tokenizer, probes: dict[str, list[dict]], batch_size: int, desc: str, stop: str) -> dict[str, Any]:
     """Per level the mean score, and All: the probe-count-weighted mean of the levels."""
     items = [(level, record) for level, records in probes.items() for record in records]
     prompts = [probe_prompt(tokenizer, record, level) for level, record in items]
-    outputs = generate_greedy(
-        model, tokenizer, prompts, PROBE_TOKENS, batch_size, desc, PROBE_STOPS, add_special_tokens=False
-    )
+    outputs = probe_outputs(model, tokenizer, prompts, batch_size, desc, stop)
     scores: dict[str, list[float]] = {level: [] for level in probes}
     for (level, record), output in zip(items, outputs, strict=True):
-        scores[level].append(probe_score(output.split("\n")[0], record["answer"]))
+        scores[level].append(probe_score(output, record["answer"], stop))
     result: dict[str, Any] = {level: mean_or_none(values) for level, values in scores.items()}
     result["all"] = mean_or_none([s for values in scores.values() for s in values])
     result["predictions"] = [
@@ -397,7 +433,10 @@ def _triviaqa(model, tokenizer, records: list[dict], batch_size: int) -> float |
     if not records:
         return None
     prompts = [triviaqa_prompt(tokenizer, record["question"]) for record in records]
-    outputs = generate_greedy(model, tokenizer, prompts, PROBE_TOKENS, batch_size, "TriviaQA", add_special_tokens=False)
+    stops = rwku_stop_ids(tokenizer, newline=False)
+    outputs = generate_greedy(
+        model, tokenizer, prompts, PROBE_TOKENS, batch_size, "TriviaQA", add_special_tokens=False, stop_ids=stops
+    )
     return mean_or_none([100.0 * token_f1(o, r["answers"]) for o, r in zip(outputs, records, strict=True)])
 
 
@@ -405,8 +444,9 @@ def _fluency(model, tokenizer, records: list[dict], batch_size: int, max_new_tok
     if not records:
         return None
     prompts = [fluency_prompt(tokenizer, record["instruction"]) for record in records]
+    stops = rwku_stop_ids(tokenizer, newline=False)
     outputs = generate_greedy(
-        model, tokenizer, prompts, max_new_tokens, batch_size, "fluency", add_special_tokens=False
+        model, tokenizer, prompts, max_new_tokens, batch_size, "fluency", add_special_tokens=False, stop_ids=stops
     )
     return mean_or_none([ngram_entropy(output) for output in outputs])
 
@@ -439,12 +479,13 @@ def evaluate_rwku(
     batch_size: int = 16,
     utility: bool = True,
     fluency_tokens: int = FLUENCY_TOKENS,
+    stop: str = DEFAULT_STOP,
 ) -> dict[str, Any]:
     """The RWKU metrics of ``model`` on ``data``; probe scores and utility accuracies are percentages.
 
     - ``forget_fb``/``_qa``/``_aa``/``_all`` and ``neighbor_fb``/``_qa``/``_all``: :func:`probe_prompt`,
-      greedy, 30 new tokens, stopping at end of turn or a newline, :func:`probe_score`. All is the mean over
-      every probe (the probe-count-weighted mean of the levels).
+      greedy, up to 30 new tokens, ended and scored by the ``stop`` rule (:func:`probe_outputs`,
+      :func:`probe_score`). All is the mean over every probe (the probe-count-weighted mean of the levels).
     - ``mia_forget_*`` / ``mia_retain_*``: the means over the member texts of :func:`mia_scores` (``loss``
       rises when a text is forgotten).
     - ``mmlu``: accuracy of the highest next-token logit among " A".." D" after :func:`mmlu_prompt`.
@@ -453,10 +494,12 @@ def evaluate_rwku(
     - ``triviaqa``: :func:`token_f1` × 100 of the greedy 30-token answer after :func:`triviaqa_prompt`.
     - ``fluency``: :func:`ngram_entropy` of the greedy ``fluency_tokens``-token response (RWKU: 256).
 
+    TriviaQA and fluency end at RWKU's stop ids without the newline ones (:func:`rwku_stop_ids`), as RWKU.
+
     ``utility=False`` skips the four utility metrics (None).
     """
-    forget = _probes(model, tokenizer, data.forget, batch_size, "forget probes")
-    neighbor = _probes(model, tokenizer, data.neighbor, batch_size, "neighbor probes")
+    forget = _probes(model, tokenizer, data.forget, batch_size, "forget probes", stop)
+    neighbor = _probes(model, tokenizer, data.neighbor, batch_size, "neighbor probes", stop)
     mia_forget = _mia(model, tokenizer, data.mia_forget, batch_size, "MIA forget")
     mia_retain = _mia(model, tokenizer, data.mia_retain, batch_size, "MIA retain")
     metrics: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Text-overlap metrics: ROUGE-L (``rouge_score``) and SQuAD's token F1."""
+"""Text-overlap metrics: ROUGE-L (``rouge_score``, as MUSE; ``rouge``, as RWKU) and SQuAD's token F1."""
 
 from __future__ import annotations
 
@@ -29,6 +29,27 @@ def rouge_l_f1(prediction: str, reference: str) -> float:
 def rouge_l_recall(prediction: str, reference: str) -> float:
     """ROUGE-L recall: LCS(prediction, reference) / |reference| tokens (``rouge_score``, no stemmer)."""
     return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
+
+
+@lru_cache(maxsize=1)
+def _rwku_rouge() -> Any:
+    from rouge import Rouge
+
+    return Rouge(metrics=["rouge-l"], stats=["r"])
+
+
+def rouge_l_recall_rwku(prediction: str, reference: str) -> float:
+    """ROUGE-L recall as RWKU scores its probes: the ``rouge`` package (``Rouge().get_scores``, ``rouge-l``,
+    ``r``), which splits both texts into sentences at every ``.`` and into words at spaces, keeps case and
+    punctuation ("Byron," does not match "Byron"; "Apple." matches "Apple"), and takes the summary-level union
+    LCS over the reference's words.
+
+    A prediction with no word left (empty, or only dots) scores 0: RWKU's code turns an empty answer into
+    ``NOANSWER``, which matches nothing, and the package raises on one of only dots.
+    """
+    if not any(part.split() for part in prediction.split(".")):
+        return 0.0
+    return float(_rwku_rouge().get_scores(prediction, reference)[0]["rouge-l"]["r"])
 
 
 _PUNCTUATION = frozenset(string.punctuation)
