@@ -3,7 +3,8 @@
 # Used by both README commands and by CI. Usage: bash scripts/setup_env.sh [--test]
 #   --test  also install what the test suite needs beyond the runtime: requirements-dev.txt (pytest, ruff,
 #           playwright...) into the venv, and Debian's chromium and the CJK and emoji fonts for the web UI's
-#           browser test (system packages, installed where missing).
+#           browser test (system packages, installed where missing); on a CPU-only machine it also builds
+#           DeepSpeed's CPU op for the ZeRO-3 rehearsals (the main job does not need it).
 # On a machine with an NVIDIA GPU (nvidia-smi present) the same pins install the CUDA build of
 # torch from PyPI; elsewhere torch is the CPU wheel and is never replaced. deepspeed is installed on
 # both, built against that torch, and trains on the CPU over gloo where no GPU is visible.
@@ -84,14 +85,6 @@ if [[ "$runtime_ready" == 0 ]]; then
   # deepspeed ships as an sdist whose setup imports torch: build it against the installed one, not a fresh
   # download, and with no ops compiled ahead (DS_BUILD_OPS=0), so the build needs no CUDA.
   DS_BUILD_OPS=0 pip_install --no-build-isolation -c "$constraints" "$(grep -E '^deepspeed==' "$REQ")"
-  if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
-    # On the CPU, DeepSpeed's gloo backend compiles its shared-memory op (C++) on first use, about a minute;
-    # do it now rather than in the first training run, into the folder `unilogit train` gives DeepSpeed's ops.
-    TORCH_EXTENSIONS_DIR="$VENV/torch_extensions" \
-      "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 ||
-      echo "[setup] warning: could not build DeepSpeed's CPU op (needs a C++ compiler, e.g. g++); DeepSpeed" \
-        "without a GPU will try again when it starts" >&2
-  fi
   pip_install --no-deps -e "$ROOT"
   echo "$want" > "$STAMP"
   echo "[setup] ready: $VENV" >&2
@@ -100,5 +93,14 @@ fi
 if [[ "$dev_ready" == 0 ]]; then
   echo "[setup] installing the test tools of requirements-dev.txt" >&2
   pip_install -c "$constraints" -r "$DEV_REQ"
+  # On the CPU, DeepSpeed's gloo backend compiles its shared-memory op (C++) on first use, about a minute. The
+  # tests' ZeRO-3 rehearsals need it, so build it now, into the folder `unilogit train` gives DeepSpeed's ops;
+  # the main job never starts DeepSpeed, so it does not wait for this (a CPU DeepSpeed run builds it itself).
+  if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+    TORCH_EXTENSIONS_DIR="$VENV/torch_extensions" \
+      "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 ||
+      echo "[setup] warning: could not build DeepSpeed's CPU op (needs a C++ compiler, e.g. g++); DeepSpeed" \
+        "without a GPU will try again when it starts" >&2
+  fi
   echo "$want_dev" > "$DEV_STAMP"
 fi

@@ -14,10 +14,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from unilogit import fingerprint as fingerprint_module
 from unilogit.atomic import atomic_folder
 from unilogit.benchmarks import prepare
 from unilogit.benchmarks.prepare import DONE_MARKER, cache_key
 from unilogit.errors import ConfigError
+from unilogit.fingerprint import fingerprint
 
 # --------------------------------------------------------------------------------------------- atomic_folder
 
@@ -199,3 +201,37 @@ def test_driver_eval_key_follows_the_bytes_of_models_data_and_evaluator(tree: Pa
     assert _eval_key(tree, MAX_EXAMPLES="5") != key
     hub = _eval_key(tree, model="muse-bench/MUSE-news_target", RETRAIN="muse-bench/MUSE-news_retrain")
     assert hub != _eval_key(tree, model="muse-bench/MUSE-books_target", RETRAIN="muse-bench/MUSE-news_retrain")
+
+
+# ------------------------------------------------------------------------------------------ large-file memo
+
+
+def test_large_file_digests_are_remembered_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNILOGIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint_module, "MEMO_MIN_BYTES", 4)
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"first weights")
+    first = fingerprint(weights.parent, shallow=True)
+    memo_file = tmp_path / "cache" / "file-digests.json"
+    memo = json.loads(memo_file.read_text())
+    assert list(memo) == [str(weights.resolve())]
+
+    # While size, mtime and inode match, the remembered digest is used and the file is not read again.
+    memo[str(weights.resolve())]["sha256"] = "0" * 64
+    memo_file.write_text(json.dumps(memo))
+    assert fingerprint(weights.parent, shallow=True) != first
+
+    # New bytes (a new size or mtime) are read and replace the entry; the key is the content's again.
+    weights.write_bytes(b"second weights!")
+    second = fingerprint(weights.parent, shallow=True)
+    assert second != first and json.loads(memo_file.read_text())[str(weights.resolve())]["sha256"] != "0" * 64
+    weights.write_bytes(b"first weights")
+    assert fingerprint(weights.parent, shallow=True) == first
+
+    # Small files never enter the memo.
+    (tmp_path / "data.json").write_text("[]")
+    fingerprint(tmp_path / "data.json")
+    assert str((tmp_path / "data.json").resolve()) not in json.loads(memo_file.read_text())

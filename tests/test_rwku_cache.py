@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from unilogit import cli
-from unilogit.benchmarks.rwku import EVAL_CODE, eval_key, key_parser
-from unilogit.fingerprint import source_files
+from unilogit.benchmarks.registry import RWKU
+from unilogit.benchmarks.rwku import eval_key, key_parser
+from unilogit.fingerprint import evaluator_code
 
 ROOT = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "rwku"
 
 
 def test_the_key_follows_code_data_model_and_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = source_files(EVAL_CODE)
+    code = evaluator_code(RWKU.evaluator, RWKU.module)
     assert ROOT / "src" / "unilogit" / "models.py" in code and all(path.is_file() for path in code)
     copies = []
     for path in code:

@@ -24,11 +24,11 @@ from conftest import ROOT
 from unilogit import cli
 from unilogit.benchmarks.registry import BENCHMARKS, MUSE
 from unilogit.errors import ConfigError
+from unilogit.fingerprint import evaluator_code
 from unilogit.sweep.config import Point, expand_grid, load_sweep
 from unilogit.sweep.pareto import dominated, pareto_front, write_report
 from unilogit.sweep.runner import (
     child_env,
-    evaluator_code,
     point_commands,
     point_folder,
     reference_commands,
@@ -382,7 +382,9 @@ def test_a_run_is_keyed_by_what_its_numbers_depend_on(tmp_path: Path, monkeypatc
     assert run_key(flagged, point, 42, models) != first  # the evaluator's flags
 
     # The evaluator's code: its module and what it imports of the evaluation and the leaves, by their bytes.
-    names = {path.relative_to(ROOT / "src" / "unilogit").as_posix() for path in evaluator_code(MUSE)}
+    names = {
+        path.relative_to(ROOT / "src" / "unilogit").as_posix() for path in evaluator_code(MUSE.evaluator, MUSE.module)
+    }
     assert {"evaluation/muse.py", "evaluation/common.py", "evaluation/mia.py", "evaluation/divergence.py",
             "evaluation/text_overlap.py", "losses.py", "models.py", "benchmarks/muse.py"} <= names  # fmt: skip
     assert not any(name.startswith(("stage/", "sweep/")) for name in names)
@@ -391,7 +393,8 @@ def test_a_run_is_keyed_by_what_its_numbers_depend_on(tmp_path: Path, monkeypatc
     evaluator.write_text("from unilogit.evaluation.mia import auc\n")
     monkeypatch.syspath_prepend(str(evaluator.parent))
     monkeypatch.setitem(BENCHMARKS, "muse", dataclasses.replace(MUSE, evaluator="toy_evaluator"))
-    assert {"toy_evaluator.py", "mia.py"} <= {path.name for path in evaluator_code(BENCHMARKS["muse"])}
+    toy = BENCHMARKS["muse"]
+    assert {"toy_evaluator.py", "mia.py"} <= {path.name for path in evaluator_code(toy.evaluator, toy.module)}
     toy_first = key()
     evaluator.write_text(evaluator.read_text() + "# an edit\n")
     assert key() != toy_first

@@ -73,19 +73,19 @@ muse_prepare() {
 # The key of a cached evaluation of model $1, by content (unilogit.fingerprint): the bytes of model $1 and of the
 # retrain model (PrivLeak and the KL are relative to it; a model folder by its top-level files, so the evaluations
 # cached inside it do not count; a hub id by its name), the data's bytes, the tokenizer, the evaluation's options,
-# and the evaluator's source files as the sweeps find them (sweep.runner.evaluator_code). None of them changes
+# and the evaluator's source files as the sweeps find them (fingerprint.evaluator_code). None of them changes
 # without a fresh evaluation.
 eval_key() {
   .venv/bin/python - "$1" "$RETRAIN" "$EVAL_DATA" "${TOKENIZER:-}" "${EVAL_ARGS[@]}" <<'PY'
 import sys
 
 from unilogit.benchmarks.registry import MUSE
-from unilogit.fingerprint import fingerprint
-from unilogit.sweep.runner import evaluator_code
+from unilogit.fingerprint import evaluator_code, fingerprint
 
 model, retrain, data, tokenizer, *options = sys.argv[1:]
 models = fingerprint(model, retrain, shallow=True)
-print(fingerprint(models, data, {"tokenizer": tokenizer, "options": options}, *evaluator_code(MUSE)))
+code = evaluator_code(MUSE.evaluator, MUSE.module)
+print(fingerprint(models, data, {"tokenizer": tokenizer, "options": options}, *code))
 PY
 }
 

@@ -26,7 +26,7 @@ from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_ta
 from unilogit.benchmarks.registry import RWKU
 from unilogit.config import load_config
 from unilogit.errors import ConfigError
-from unilogit.fingerprint import fingerprint, source_files
+from unilogit.fingerprint import evaluator_code, fingerprint
 from unilogit.launch import needs_torchrun, train
 from unilogit.paths import shipped
 
@@ -38,12 +38,6 @@ DEFAULT_CORPUS = "train_positive_llama3"
 MINI_CORPUS = "train_positive_smollm2"
 # General text the model wrote itself, about no target: the retain set of methods with a retain term.
 MINI_RETAIN = "train_retain_smollm2"
-# The unilogit code an evaluation runs, by module: the evaluator and its metrics, model loading (models: the
-# embedded model's conversion, dtype and placement) and these commands.
-EVAL_CODE = (
-    "evaluation.rwku", "evaluation.common", "evaluation.mia", "evaluation.text_overlap", "evaluation.utility",
-    "evaluation.results", "models", "benchmarks.rwku",
-)  # fmt: skip
 
 
 def _slug(number: int, target: str) -> str:
@@ -263,15 +257,16 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 def eval_key(args: Any, code: Sequence[Path] | None = None) -> str:
     """The cache key of an ``eval rwku`` with the parsed ``args``: the bytes of the evaluator's ``code`` (default:
-    :data:`EVAL_CODE`'s files), of the data (a local folder; the hub's name), of the model and the tokenizer (a
-    local folder's top-level files, else the alias or hub id), and every option that changes a number: the batch
-    size, the stop rule, the dtype this machine loads in, the targets, the caps, the fluency length, utility."""
+    :func:`~unilogit.fingerprint.evaluator_code` of RWKU: the evaluator, what it imports, models.py and this
+    module), of the data (a local folder; the hub's name), of the model and the tokenizer (a local folder's
+    top-level files, else the alias or hub id), and every option that changes a number: the batch size, the stop
+    rule, the dtype this machine loads in, the targets, the caps, the fluency length, utility."""
     from unilogit.models import eval_dtype
 
     options = {"batch_size": args.batch_size, "stop": args.stop, "dtype": eval_dtype(args.dtype),
                "targets": args.targets, "max_examples": args.max_examples, "fluency_tokens": args.fluency_tokens,
                "utility": not args.no_utility}  # fmt: skip
-    files = source_files(EVAL_CODE) if code is None else code
+    files = evaluator_code(RWKU.evaluator, RWKU.module) if code is None else code
     models = [fingerprint(name, shallow=True) for name in (args.model, args.tokenizer)]
     return fingerprint(*files, shipped(args.data), *models, options)
 

@@ -23,9 +23,7 @@ muse``; RWKU: ``rwku run``), so a crash never takes the sweep down.
 
 from __future__ import annotations
 
-import ast
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -41,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.atomic import atomic_write_text
-from unilogit.benchmarks.registry import BENCHMARKS, Benchmark, SweepRun
+from unilogit.benchmarks.registry import BENCHMARKS, SweepRun
 from unilogit.config import load_config
 from unilogit.evaluation.results import format_mean_cell, format_seeds, markdown_table
 from unilogit.evaluation.seeds import CI_SUFFIX, N_SEEDS, RUNS, SEEDS, aggregate_seeds
-from unilogit.fingerprint import fingerprint
+from unilogit.fingerprint import evaluator_code, fingerprint
 from unilogit.paths import shipped
 from unilogit.sweep.config import Point, Sweep, format_value, load_sweep
 
@@ -72,43 +70,6 @@ def reference_folder(sweep: Sweep, name: str, key: str) -> Path:
 # ----------------------------------------------------------------------------------------------- cache keys
 
 
-def _module_file(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    return Path(spec.origin) if spec is not None and spec.origin else None
-
-
-def _evaluation_imports(path: Path) -> set[str]:
-    """The unilogit modules ``path`` imports (at any depth of its code) that an evaluation runs: the evaluation
-    package's and the top-level leaves' (losses, models, ...), not the commands, the sweeps or the stage."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module == "unilogit":
-            names.update(f"unilogit.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return {
-        n for n in names if (n.count(".") == 1 and n.startswith("unilogit.")) or n.startswith("unilogit.evaluation.")
-    }
-
-
-def evaluator_code(benchmark: Benchmark) -> list[Path]:
-    """The source files a benchmark's numbers come from: its evaluator and every evaluation or leaf module that
-    imports, transitively (read with ``ast``, so a new module is never missed), its command module and
-    ``models.py`` (loading and placing the models)."""
-    files = {file for file in map(_module_file, (benchmark.module, "unilogit.models")) if file is not None}
-    todo, seen = [benchmark.evaluator], set()
-    while todo:
-        name = todo.pop()
-        file = _module_file(name) if name not in seen else None
-        seen.add(name)
-        if file is not None and file.suffix == ".py":
-            files.add(file)
-            todo.extend(_evaluation_imports(file) - seen)
-    return sorted(files)
-
-
 def training_data(config: dict[str, Any]) -> list[Any]:
     """What a config trains on, for a cache key: each of its ``dataset`` and ``retain_dataset`` names with its
     ``dataset_info.json`` entry and the file (or folder) that names, or the bare name of a set not listed there
@@ -128,10 +89,15 @@ def training_data(config: dict[str, Any]) -> list[Any]:
 def shared_key(sweep: Sweep, models: dict[str, str]) -> str:
     """What every run and reference of ``sweep`` depends on: the bytes of its models (a local folder by its
     top-level files, a hub id or alias by its name), of its evaluation data, of the evaluator's code
-    (:func:`evaluator_code`), and the evaluator's flags."""
+    (:func:`~unilogit.fingerprint.evaluator_code`), and the evaluator's flags."""
     benchmark = sweep.descriptor
     model_key = fingerprint(*(models[name] for name in benchmark.models), shallow=True)
-    return fingerprint(model_key, shipped(sweep.data), {"eval_args": sweep.eval_args}, *evaluator_code(benchmark))
+    return fingerprint(
+        model_key,
+        shipped(sweep.data),
+        {"eval_args": sweep.eval_args},
+        *evaluator_code(benchmark.evaluator, benchmark.module),
+    )
 
 
 def run_key(sweep: Sweep, point: Point, seed: int, models: dict[str, str], shared: str | None = None) -> str:
