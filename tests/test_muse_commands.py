@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,34 @@ def test_eval_muse_writes_results_and_refuses_to_overwrite(
 
     assert cli.main(["muse", "table", str(tmp_path / "eval" / "muse_results.json")]) == 0
     assert "| tiny |" in capsys.readouterr().out
+
+
+def test_retrain_auc_is_computed_once_per_retrain_model(
+    tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNILOGIT_CACHE", str(tmp_path / "cache"))
+    retrain = tmp_path / "retrain"
+    shutil.copytree(tiny_model_dir, retrain)
+
+    def evaluate(output: str) -> dict:
+        argv = ["eval", "muse", "--model", tiny_model_dir, "--retrain", str(retrain), "--data", str(FIXTURES)]
+        assert cli.main([*argv, "--output", str(tmp_path / output), "--name", "m", "--max-examples", "2"]) == 0
+        return json.loads((tmp_path / output / "muse_results.json").read_text())["m"]
+
+    first = evaluate("first")
+    (kept,) = (tmp_path / "cache" / "muse-auc-retrain").iterdir()
+    assert json.loads(kept.read_text())["auc_retrain"] == first["auc_retrain"]
+
+    # The next evaluation against the same retrain model reads the kept AUC instead of scoring it again.
+    kept.write_text(json.dumps({"auc_retrain": 0.25}))
+    again = evaluate("again")
+    assert again["auc_retrain"] == 0.25 and again["auc_retrain_from"] == "retrain model"
+    assert again["privleak"] == pytest.approx((again["auc"] - 0.25) / 0.25 * 100)
+
+    # Other retrain bytes are another key: scored afresh.
+    (retrain / "notes.txt").write_text("retrained again")
+    assert evaluate("changed")["auc_retrain"] == first["auc_retrain"]
+    assert len(list((tmp_path / "cache" / "muse-auc-retrain").iterdir())) == 2
 
 
 def test_eval_muse_bad_data_folder_is_one_line(tiny_model_dir: str, tmp_path: Path, capsys) -> None:

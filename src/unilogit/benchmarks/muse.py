@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unilogit.atomic import atomic_write_text
 from unilogit.benchmarks.commands import CommandParser, add_model_args, merge_tables, positive_int
 from unilogit.benchmarks.registry import MUSE
 from unilogit.errors import ConfigError
+from unilogit.fingerprint import evaluator_code, fingerprint
 from unilogit.paths import data_dir, project_root, saves_dir, shipped
 
 PREPARE_CONFIGS = {"target": "examples/muse/target.yaml", "retrain": "examples/muse/retrain.yaml"}
@@ -100,6 +102,22 @@ def prepare(argv: list[str]) -> dict[str, Path]:
     return paths
 
 
+def retrain_auc_file(args: Any, tokenizer: Any) -> Path:
+    """Where ``eval muse`` keeps the retrained model's PrivLeak AUC, which every evaluation against it needs
+    and which depends on none of the evaluated model: ``<cache>/muse-auc-retrain/<key>.json``, keyed by the
+    retrain model's bytes (a hub id by its name), the data, the cap, the batch size, the dtype, the tokenizer's
+    vocabulary and the evaluator's code."""
+    from unilogit.models import cache_dir, eval_dtype
+
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    options = {"max_examples": args.max_examples, "batch_size": args.batch_size, "dtype": eval_dtype(args.dtype)}
+    retrain = fingerprint(args.retrain, shallow=True)
+    key = fingerprint(
+        retrain, shipped(args.data), {**options, "vocab": vocab}, *evaluator_code(MUSE.evaluator, MUSE.module)
+    )
+    return cache_dir() / "muse-auc-retrain" / f"{key}.json"
+
+
 def evaluate(argv: list[str]) -> dict[str, Any]:
     """``unilogit eval muse --model M [--retrain R] [--data D] ...``: MUSE metrics of one model. On a GPU the
     model goes to the GPU, or with device_map over several when one is too small."""
@@ -134,12 +152,19 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"{output / RESULTS_JSON} exists; pass --overwrite or choose another --output")
     data = load_muse(shipped(args.data), limit=args.max_examples)
     model, tokenizer = load_for_eval(args.model, args.dtype, args.tokenizer)
-    retrain = None
+    retrain = auc_file = retrain_auc = None
     if args.retrain:
         # Both models are scored with the model's tokenizer, so the retrained one needs none of its own.
         same = Path(args.retrain).resolve() == Path(args.model).resolve()
         retrain = model if same else load_model(args.retrain, args.dtype)
-    metrics = evaluate_muse(model, tokenizer, data, retrain_model=retrain, batch_size=args.batch_size)
+        auc_file = None if same else retrain_auc_file(args, tokenizer)
+        if auc_file is not None and auc_file.is_file():
+            retrain_auc = json.loads(auc_file.read_text())["auc_retrain"]
+    metrics = evaluate_muse(
+        model, tokenizer, data, retrain_model=retrain, retrain_auc=retrain_auc, batch_size=args.batch_size
+    )
+    if auc_file is not None and retrain_auc is None and metrics["auc_retrain"] is not None:
+        atomic_write_text(auc_file, json.dumps({"retrain": args.retrain, "auc_retrain": metrics["auc_retrain"]}))
     name = args.name or Path(args.model).name
     record = {
         "name": name,

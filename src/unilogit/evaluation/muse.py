@@ -339,11 +339,12 @@ def evaluate_muse(
     - ``knowmem_f`` / ``knowmem_r``: :func:`knowmem_prompt` with the split's ICL examples, greedy 32 new
       tokens, :func:`cut_answer`, ROUGE-L F1 against ``answer``; mean × 100.
     - ``auc``: :func:`privleak_auc` of per-text Min-40% scores on privleak forget vs holdout.
-    - ``privleak``: :func:`privleak` against AUC_retrain, taken, in order, from ``retrain_model`` (same
-      computation), ``retrain_auc``, or MUSE's published constant for the hub corpus ``data`` came from
-      (:func:`muse_auc_retrain`; right only for MUSE's own models). Local data with neither gets None
-      and a line on stderr naming ``--retrain``. ``auc_retrain_from`` says which: ``retrain model``,
-      ``given`` or ``MUSE constant for <hub id>``.
+    - ``privleak``: :func:`privleak` against AUC_retrain, taken, in order, from ``retrain_auc`` (the
+      retrain model's AUC computed before, or a given value), ``retrain_model`` (same computation), or
+      MUSE's published constant for the hub corpus ``data`` came from (:func:`muse_auc_retrain`; right only
+      for MUSE's own models). Local data with none gets None and a line on stderr naming ``--retrain``.
+      ``auc_retrain_from`` says which: ``retrain model`` (computed now or before), ``given`` or
+      ``MUSE constant for <hub id>``.
     - ``kl_to_retrain``: :func:`mean_token_kl` KL(p_retrain ‖ p_model) on the privleak forget texts
       (the forget-set documents); None without ``retrain_model``. Both models use ``tokenizer``.
     - PrivLeak is None when the retrain AUC is 0 (it divides by it): a few texts separated perfectly.
@@ -366,10 +367,10 @@ def evaluate_muse(
         auc_model = _privleak_auc(model, tokenizer, data, batch_size)
         if retrain_model is model:  # the retrained model scored against itself
             auc_retrain, auc_from = auc_model, "retrain model"
+        elif retrain_auc is not None:
+            auc_retrain, auc_from = float(retrain_auc), "retrain model" if retrain_model is not None else "given"
         elif retrain_model is not None:
             auc_retrain, auc_from = _privleak_auc(retrain_model, tokenizer, data, batch_size), "retrain model"
-        elif retrain_auc is not None:
-            auc_retrain, auc_from = float(retrain_auc), "given"
         elif constant is not None:
             auc_retrain, auc_from = constant, f"MUSE constant for {_hub_id(data.source)}"
         if auc_retrain is None:  # local data, no retrained model: another corpus's constant would be wrong
