@@ -21,10 +21,7 @@ The metric definitions follow docs/BENCHMARKS.md and MUSE's reference code (``mu
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +29,7 @@ from typing import Any
 
 import torch
 
-from unilogit.atomic import atomic_write_text
+from unilogit.atomic import atomic_folder, atomic_write_text
 from unilogit.errors import ConfigError
 from unilogit.evaluation.common import (
     check_records,
@@ -186,23 +183,20 @@ def _refuse_nonempty(out: Path) -> None:
 def write_muse_layout(tables: Mapping[tuple[str, str], list[dict]], out_dir: str | Path) -> Path:
     """Write ``{(config, split): records}`` as ``<out_dir>/<config>/<split>.json`` all at once.
 
-    The files are written into a temporary sibling folder that is then renamed to ``out_dir``, so
-    ``out_dir`` either holds the complete layout or is left as it was. Refuses a non-empty ``out_dir``.
+    The files are written into a temporary sibling folder that is then renamed to ``out_dir``
+    (:func:`~unilogit.atomic.atomic_folder`, with the last file as its marker), so ``out_dir`` either holds the
+    complete layout or is left as it was. Refuses a non-empty ``out_dir``.
     """
     out = Path(out_dir)
     _refuse_nonempty(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    for config, split in tables:
+        _check_config_split(config, split)
+    if not tables:
+        raise ValueError("write_muse_layout: no tables to write")
+    last_config, last_split = list(tables)[-1]
+    with atomic_folder(out, f"{last_config}/{last_split}.json") as tmp:
         for (config, split), records in tables.items():
-            _check_config_split(config, split)
             atomic_write_text(tmp / config / f"{split}.json", json.dumps(records, ensure_ascii=False, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
