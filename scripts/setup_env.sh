@@ -97,6 +97,8 @@ if [[ "$dev_ready" == 0 ]]; then
   # tests' ZeRO-3 rehearsals need it, so build it now, into the folder `unilogit train` gives DeepSpeed's ops;
   # the main job never starts DeepSpeed, so it does not wait for this (a CPU DeepSpeed run builds it itself).
   if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+    # A build killed half-way leaves torch's lock file behind, and every later build waits on it forever.
+    rm -f "$VENV/torch_extensions/deepspeed_shm_comm/lock"
     TORCH_EXTENSIONS_DIR="$VENV/torch_extensions" \
       "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 ||
       echo "[setup] warning: could not build DeepSpeed's CPU op (needs a C++ compiler, e.g. g++); DeepSpeed" \

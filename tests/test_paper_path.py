@@ -156,6 +156,46 @@ def test_muse_driver_runs_a_local_hub_layout_under_zero3(
     assert again.returncode == 2 and "exists" in again.stderr.strip().splitlines()[-1]
 
 
+def test_muse_driver_evaluates_the_references_beside_the_unlearning(
+    hub_models: dict[str, str], muse_hub_folder: str, tmp_path: Path
+) -> None:
+    target = Path(
+        shutil.copytree(hub_models["target"], tmp_path / "target", ignore=shutil.ignore_patterns("muse_eval-*"))
+    )
+    env = {
+        "MUSE_DATA": muse_hub_folder,
+        "RECIPE": "mini",
+        "TARGET_MODEL": str(target),
+        "RETRAIN_MODEL": hub_models["retrain"],
+        "TOKENIZER": hub_models["tokenizer"],
+        "OVERLAP_EVALS": "1",
+        "MAX_EXAMPLES": "2",
+        "RUN_DIR": str(tmp_path / "run"),
+    }
+    result = subprocess.run(
+        ["bash", "scripts/custom/run_unilogit_rt_muse.sh", "max_steps=1"], capture_output=True, text=True,
+        timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "evaluating the target and the retrained model beside the unlearning" in result.stderr
+    for row in ("| target |", "| retrain |", "| unilogit_rt |"):
+        assert row in result.stdout, result.stdout
+    target_rows = list(target.glob("muse_eval-*/muse_results.json"))
+    assert len(target_rows) == 1 and json.loads(target_rows[0].read_text())["target"]["kl_to_retrain"] > 0
+
+    # A reference whose evaluation fails stops the driver in one line naming its log, after the unlearning.
+    broken = tmp_path / "broken-retrain"
+    shutil.copytree(hub_models["retrain"], broken)
+    (broken / "config.json").write_text("{not json")
+    failed = subprocess.run(
+        ["bash", "scripts/custom/run_unilogit_rt_muse.sh", "max_steps=1"], capture_output=True, text=True,
+        timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env,
+                                    "RETRAIN_MODEL": str(broken), "RUN_DIR": str(tmp_path / "run2")},
+    )  # fmt: skip
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith("muse: error: evaluating the target model failed")
+
+
 def test_rwku_driver_runs_a_local_hub_layout_under_zero3_without_a_retain_set(
     hub_models: dict[str, str], rwku_hub_folder: str, tmp_path: Path
 ) -> None:

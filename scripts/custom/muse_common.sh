@@ -19,6 +19,8 @@
 #   BF16           true | false: bf16 mixed precision for unlearning and preparation (default: true for
 #                  news/books when a GPU is visible, else false; CPUs with avx512_bf16 can run it too)
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
+#   OVERLAP_EVALS  1 | 0: evaluate the target and retrain models beside the unlearning, their logs in a temporary
+#                  folder (default: 1 for the mini recipe without a GPU, where generation leaves a core idle)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
 #   RUN_NAME       the row name of the run in the table (default: the method)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -104,6 +106,22 @@ muse_eval_cached() {
   echo "$dir/muse_results.json"
 }
 
+# Whether the reference models' evaluations run beside the unlearning: OVERLAP_EVALS=1|0; by default only for
+# the mini recipe on a machine without a GPU (a 135M model: three processes fit any laptop; on a GPU they would
+# share its memory with the training).
+overlap_evals() {
+  local default=0
+  [[ "$RECIPE" == mini ]] && ! nvidia-smi -L >/dev/null 2>&1 && default=1
+  [[ "${OVERLAP_EVALS:-$default}" == 1 ]]
+}
+
+# Waits for the background evaluation $2 of row $1; on failure shows the end of its log (in folder $3) and stops.
+wait_eval() {
+  wait "$2" && return
+  tail -n 5 "$3/$1.log" >&2
+  die muse "evaluating the $1 model failed (its log: $3/$1.log)"
+}
+
 # Unlearns the target with $RECIPE_DIR/$1.yaml (extra key=value arguments override it), evaluates, and prints
 # the table of target, retrain and this run.
 muse_run() {
@@ -114,10 +132,30 @@ muse_run() {
   local -a batch_args; read -ra batch_args <<<"$batch"
   muse_prepare
   local target_json retrain_json
-  target_json="$(muse_eval_cached "$TARGET" target)"
-  retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
-  "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
-    "${TRAIN_ARGS[@]}" "$@"
+  if overlap_evals; then
+    # Greedy generation, most of an evaluation, leaves one of a small CPU's cores idle: the target's and the
+    # retrained model's evaluations (which need neither the run nor each other) run beside the unlearning.
+    local logs; logs="$(mktemp -d)"
+    echo "[muse] evaluating the target and the retrained model beside the unlearning (logs: $logs)" >&2
+    muse_eval_cached "$TARGET" target >"$logs/target.out" 2>"$logs/target.log" &
+    local target_pid=$!
+    muse_eval_cached "$RETRAIN" retrain >"$logs/retrain.out" 2>"$logs/retrain.log" &
+    local retrain_pid=$!
+    trap 'kill $target_pid $retrain_pid 2>/dev/null || true' EXIT  # a failed unlearning leaves none running
+    "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
+      "${TRAIN_ARGS[@]}" "$@"
+    wait_eval target "$target_pid" "$logs"
+    wait_eval retrain "$retrain_pid" "$logs"
+    trap - EXIT
+    target_json="$(cat "$logs/target.out")"
+    retrain_json="$(cat "$logs/retrain.out")"
+    rm -rf "$logs"
+  else
+    target_json="$(muse_eval_cached "$TARGET" target)"
+    retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
+    "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
+      "${TRAIN_ARGS[@]}" "$@"
+  fi
   "$CLI" eval muse --model "$RUN_DIR" --retrain "$RETRAIN" --name "${RUN_NAME:-$method}" --output "$RUN_DIR/muse_eval" \
     "${EVAL_ARGS[@]}" >&2
   "$CLI" muse table "$target_json" "$retrain_json" "$RUN_DIR/muse_eval/muse_results.json"
