@@ -131,30 +131,30 @@ muse_run() {
   local batch; batch="$(effective_batch_args muse "$RECIPE_DIR/$method.yaml")"
   local -a batch_args; read -ra batch_args <<<"$batch"
   muse_prepare
-  local target_json retrain_json
+  local target_json retrain_json logs=""
   if overlap_evals; then
     # Greedy generation, most of an evaluation, leaves one of a small CPU's cores idle: the target's and the
     # retrained model's evaluations (which need neither the run nor each other) run beside the unlearning.
-    local logs; logs="$(mktemp -d)"
+    logs="$(mktemp -d)"
     echo "[muse] evaluating the target and the retrained model beside the unlearning (logs: $logs)" >&2
     muse_eval_cached "$TARGET" target >"$logs/target.out" 2>"$logs/target.log" &
     local target_pid=$!
     muse_eval_cached "$RETRAIN" retrain >"$logs/retrain.out" 2>"$logs/retrain.log" &
     local retrain_pid=$!
     trap 'kill $target_pid $retrain_pid 2>/dev/null || true' EXIT  # a failed unlearning leaves none running
-    "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
-      "${TRAIN_ARGS[@]}" "$@"
+  else
+    target_json="$(muse_eval_cached "$TARGET" target)"
+    retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
+  fi
+  "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
+    "${TRAIN_ARGS[@]}" "$@"
+  if [[ -n "$logs" ]]; then
     wait_eval target "$target_pid" "$logs"
     wait_eval retrain "$retrain_pid" "$logs"
     trap - EXIT
     target_json="$(cat "$logs/target.out")"
     retrain_json="$(cat "$logs/retrain.out")"
     rm -rf "$logs"
-  else
-    target_json="$(muse_eval_cached "$TARGET" target)"
-    retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
-    "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
-      "${TRAIN_ARGS[@]}" "$@"
   fi
   "$CLI" eval muse --model "$RUN_DIR" --retrain "$RETRAIN" --name "${RUN_NAME:-$method}" --output "$RUN_DIR/muse_eval" \
     "${EVAL_ARGS[@]}" >&2
