@@ -115,6 +115,7 @@ def test_drivers_keep_the_effective_batch_on_any_process_count(ngpus: int) -> No
         ({"RECIPE": "huge"}, "muse: error: RECIPE=huge; use mini, news or books"),
         ({"NGPUS": "3"}, "muse: error: NGPUS=3 does not divide examples/muse/npo_rt.yaml's effective batch 4"),
         ({"DEEPSPEED": "z9"}, "muse: error: DEEPSPEED=z9; use 0, z3"),
+        ({"OVERLAP_EVALS": "yes"}, "muse: error: OVERLAP_EVALS=yes; use 1 (evaluate the references beside"),
         ({"MUSE_DATA": "data/muse_mini", "TARGET_MODEL": "a/b"}, "muse: error: give both TARGET_MODEL and"),
         ({"RUN_DIR": "data"}, "muse: error: data exists; choose another RUN_DIR"),
     ],

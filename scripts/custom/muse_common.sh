@@ -50,6 +50,13 @@ case "$RECIPE" in
   news|books) RECIPE_DIR="examples/paper/muse_$RECIPE"; default_bf16 paper ;;
   *) die muse "RECIPE=$RECIPE; use mini, news or books" ;;
 esac
+# Whether the reference models' evaluations run beside the unlearning: by default only for the mini recipe on a
+# machine without a GPU (a 135M model: three processes fit any laptop; on a GPU they would share its memory).
+overlap_default=0
+[[ "$RECIPE" == mini ]] && ! nvidia-smi -L >/dev/null 2>&1 && overlap_default=1
+OVERLAP_EVALS="${OVERLAP_EVALS:-$overlap_default}"
+[[ "$OVERLAP_EVALS" == [01] ]] ||
+  die muse "OVERLAP_EVALS=$OVERLAP_EVALS; use 1 (evaluate the references beside the unlearning) or 0"
 if [[ -n "${TARGET_MODEL:-}" && -z "${RETRAIN_MODEL:-}" || -z "${TARGET_MODEL:-}" && -n "${RETRAIN_MODEL:-}" ]]; then
   die muse "give both TARGET_MODEL and RETRAIN_MODEL, or neither (then both are prepared from the data)"
 fi
@@ -106,15 +113,6 @@ muse_eval_cached() {
   echo "$dir/muse_results.json"
 }
 
-# Whether the reference models' evaluations run beside the unlearning: OVERLAP_EVALS=1|0; by default only for
-# the mini recipe on a machine without a GPU (a 135M model: three processes fit any laptop; on a GPU they would
-# share its memory with the training).
-overlap_evals() {
-  local default=0
-  [[ "$RECIPE" == mini ]] && ! nvidia-smi -L >/dev/null 2>&1 && default=1
-  [[ "${OVERLAP_EVALS:-$default}" == 1 ]]
-}
-
 # Waits for the background evaluation $2 of row $1; on failure shows the end of its log (in folder $3) and stops.
 wait_eval() {
   wait "$2" && return
@@ -132,7 +130,7 @@ muse_run() {
   local -a batch_args; read -ra batch_args <<<"$batch"
   muse_prepare
   local target_json retrain_json logs=""
-  if overlap_evals; then
+  if [[ "$OVERLAP_EVALS" == 1 ]]; then
     # Greedy generation, most of an evaluation, leaves one of a small CPU's cores idle: the target's and the
     # retrained model's evaluations (which need neither the run nor each other) run beside the unlearning.
     logs="$(mktemp -d)"
