@@ -41,7 +41,7 @@ def _train(model_dir: str, out: Path, processes: int, steps: int = 1, **override
     config = base_config(model_dir, out, **{**settings, **overrides})
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(config))
-    env = {"OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints its Python stack
     if processes > 1:
         env.update(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(processes))
     result = run_cli("train", str(path), env=env, timeout=300)

@@ -92,6 +92,10 @@ def run_unlearn_from_config(config: dict[str, Any], callbacks: list[Any] | None 
     ]
     try:
         run_unlearn(model_args, data_args, training_args, finetuning_args, unlearning_args, callbacks)
+        if dist.is_initialized():
+            # The ranks end together: rank 0 still writes the tokenizer and model card when the others are
+            # done, and a rank that tears its connections down meanwhile has been seen to abort (gloo).
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
