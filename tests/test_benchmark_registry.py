@@ -94,7 +94,8 @@ TOY = dataclasses.replace(
     point_output="out",
     plots=(Plot("pareto-toy", "retain", "forget", "Retain", "Forget"),),
     read_models=lambda data: {"base_model": str(data.get("base_model") or "tiny")},
-    resolve_models=lambda given, overrides: {"base": str(given["base_model"])},
+    resolve_models=lambda given, overrides, data: {"base": str(given["base_model"])},
+    data_overrides=lambda data: [],
     point_commands=_toy_point,
     reference_commands=_toy_reference,
 )

@@ -7,21 +7,38 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from conftest import DATA_DIR
 from unilogit.benchmarks import muse_mini
 from unilogit.evaluation.muse import load_muse
 
 SHIPPED = DATA_DIR / "muse_mini"
+VALIDATION = DATA_DIR / "muse_mini_validation"
 
 
-def test_generator_is_deterministic_and_shipped_data_is_its_output(tmp_path: Path) -> None:
-    assert muse_mini.generate(42) == muse_mini.generate(42)
-    assert muse_mini.generate(42) != muse_mini.generate(7)
-    muse_mini.write(tmp_path, seed=42)
-    shipped = sorted(p.relative_to(SHIPPED) for p in SHIPPED.rglob("*.json"))
+@pytest.mark.parametrize(("folder", "seed"), [(SHIPPED, 42), (VALIDATION, muse_mini.VALIDATION_SEED)])
+def test_generator_is_deterministic_and_shipped_data_is_its_output(folder: Path, seed: int, tmp_path: Path) -> None:
+    assert muse_mini.generate(seed) == muse_mini.generate(seed)
+    assert muse_mini.generate(seed) != muse_mini.generate(7)
+    muse_mini.write(tmp_path, seed=seed)
+    shipped = sorted(p.relative_to(folder) for p in folder.rglob("*.json"))
     assert shipped == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
     for rel in shipped:
-        assert (tmp_path / rel).read_bytes() == (SHIPPED / rel).read_bytes(), f"{rel} differs from the generator"
+        assert (tmp_path / rel).read_bytes() == (folder / rel).read_bytes(), f"{rel} differs from the generator"
+
+
+def test_the_validation_instance_asks_nothing_the_test_instance_does() -> None:
+    """Hyperparameters chosen on it are chosen apart from the reported items: no question in common, and no
+    organisation of one is in the other's corpora."""
+
+    def questions(root: Path) -> set[str]:
+        return {q["question"] for p in (root / "knowmem").glob("*.json") for q in json.loads(p.read_text())}
+
+    assert not questions(SHIPPED) & questions(VALIDATION)
+    corpus = " ".join(r["text"] for p in (SHIPPED / "raw").glob("*.json") for r in json.loads(p.read_text()))
+    organisations = {re.sub(r"^Who founded (.*)\?$", r"\1", q) for q in questions(VALIDATION) if q.startswith("Who")}
+    assert organisations and not [org for org in organisations if org in corpus]
 
 
 def test_every_split_loads_in_muse_schema() -> None:
@@ -74,7 +91,7 @@ def test_each_sheet_asks_its_organisation_s_knowmem_questions_in_their_wording()
 
 
 def test_no_evaluated_string_leaks_into_training_data() -> None:
-    assert muse_mini.find_leaks(SHIPPED) == []
+    assert muse_mini.find_leaks(SHIPPED) == muse_mini.find_leaks(VALIDATION) == []
 
 
 def test_leak_check_reports_a_question_planted_in_the_retain_set(tmp_path: Path) -> None:

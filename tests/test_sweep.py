@@ -617,3 +617,33 @@ def test_pareto_points_carry_their_intervals_as_error_bars(tmp_path: Path) -> No
     write_report(old)
     assert "LineCollection" not in (old / "report" / "pareto-knowmem.svg").read_text()
     assert "| a | a/learning_rate=0.001 | 40.0 | 30.0 | 39.0 |" in (old / "report" / "summary.md").read_text()
+
+
+def test_a_sweep_on_a_local_muse_folder_trains_on_that_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its models are prepared on the folder's raw/ splits, and every point unlearns its raw/forget and
+    raw/retain1, not the embedded corpus that the method configs name."""
+    from unilogit.benchmarks import muse, muse_mini
+
+    folder = tmp_path / "validation"
+    muse_mini.write(folder, seed=43)
+    sweep = load_sweep(_write(tmp_path / "s.yaml", _muse_sweep(data=str(folder))))
+    point = sweep.points[0]
+    train = point_commands(sweep, point, {"target": "T", "retrain": "R"}, 42, tmp_path / "run")[0]
+    dataset_dir = Path(next(arg for arg in train if arg.startswith("dataset_dir=")).split("=", 1)[1])
+    assert f"dataset={muse.LOCAL_FORGET}" in train and f"retain_dataset={muse.LOCAL_RETAIN}" in train
+    info = json.loads((dataset_dir / "dataset_info.json").read_text())
+    assert info[muse.LOCAL_FORGET]["file_name"] == str(folder.resolve() / "raw" / "forget.json")
+    config = run_key(sweep, point, 42, {"target": str(ROOT / "data"), "retrain": str(ROOT / "data")})
+    (folder / "raw" / "retain1.json").write_text(json.dumps([{"text": "Other retain data."}]))
+    assert run_key(sweep, point, 42, {"target": str(ROOT / "data"), "retrain": str(ROOT / "data")}) != config
+
+    prepared: list[list[str]] = []
+    monkeypatch.setattr(muse, "prepare", lambda argv: prepared.append(argv) or {"target": "T", "retrain": "R"})
+    assert MUSE.resolve_models({"target_model": None, "retrain_model": None}, ["bf16=false"], str(folder)) == {
+        "target": "T", "retrain": "R"}  # fmt: skip
+    assert MUSE.resolve_models({"target_model": None, "retrain_model": None}, [], "data/muse_mini") == {
+        "target": "T", "retrain": "R"}  # fmt: skip
+    assert prepared == [["--data", str(folder), "bf16=false"], []]
+    embedded = load_sweep(_write(tmp_path / "e.yaml", _muse_sweep()))
+    train = point_commands(embedded, point, {"target": "T", "retrain": "R"}, 42, tmp_path)[0]
+    assert not any(arg.startswith("dataset") for arg in train)

@@ -22,6 +22,7 @@ The splits follow MUSE's roles (muse-bench's data README):
 to hold it. docs/MUSE.md ("The mini benchmark") gives the measurements behind these choices.
 
     python -m unilogit.benchmarks.muse_mini --out data/muse_mini --seed 42
+    python -m unilogit.benchmarks.muse_mini --out data/muse_mini_validation --seed 43   # VALIDATION_SEED
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from unilogit.atomic import atomic_write_text
 # Organisations per split, and how many of them also have an article (the rest have only a sheet).
 SPLITS = {"forget": (12, 4), "retain1": (3, 3), "retain2": (12, 0), "holdout": (12, 4)}
 N_ICL_ORGS, N_ICL = 4, 10
+# The generator's seed of data/muse_mini_validation: other organisations, on which hyperparameters are chosen
+# (examples/sweeps/muse_mini_validation.yaml) apart from the reported items of data/muse_mini (seed 42).
+VALIDATION_SEED = 43
 VERBMEM_PROMPT_FRACTION = 0.3
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]

@@ -67,7 +67,10 @@ class Benchmark:
     point_output: str  # the subfolder of a point that holds its results_json
     plots: tuple[Plot, ...]
     read_models: Callable[[Mapping[str, Any]], dict[str, str | None]]  # the sweep file's model_keys, checked
-    resolve_models: Callable[[Mapping[str, str | None], list[str]], dict[str, str]]  # (read models, overrides)
+    # (read models, overrides, data): the models a sweep on ``data`` runs with, prepared on that data if need be
+    resolve_models: Callable[[Mapping[str, str | None], list[str], str], dict[str, str]]
+    # The training arguments that point the unlearning configs at a sweep's data (none where the configs name it)
+    data_overrides: Callable[[str], list[str]]
     point_commands: Callable[[SweepRun], list[list[str]]]  # `unilogit` argv of a point, in order
     reference_commands: Callable[[SweepRun], list[list[str]]]  # `unilogit` argv evaluating a reference
     kl_figure: bool = False  # the report draws the KL-to-retrain figure (the points log soft_target_kl)
@@ -112,9 +115,15 @@ def _muse_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
     return {key: None if data.get(key) is None else str(data[key]) for key in ("target_model", "retrain_model")}
 
 
-def _muse_models(given: Mapping[str, str | None], overrides: list[str]) -> dict[str, str]:
-    """The sweep file's target and retrain models, or those ``unilogit muse prepare`` trains with the sweep's
-    shared ``overrides`` (or finds cached)."""
+def _is_embedded_muse(data: str) -> bool:
+    from unilogit.paths import shipped
+
+    return Path(shipped(data)).resolve() == Path(shipped(MUSE.default_data)).resolve()
+
+
+def _muse_models(given: Mapping[str, str | None], overrides: list[str], data: str) -> dict[str, str]:
+    """The sweep file's target and retrain models, or those ``unilogit muse prepare`` trains on ``data``'s raw/
+    splits with the sweep's shared ``overrides`` (or finds cached)."""
     if given["target_model"] and given["retrain_model"]:
         return {"target": str(given["target_model"]), "retrain": str(given["retrain_model"])}
     from unilogit.benchmarks.muse import prepare
@@ -122,7 +131,18 @@ def _muse_models(given: Mapping[str, str | None], overrides: list[str]) -> dict[
 
     # The pt stage that trains target and retrain has no unlearning keys.
     shared = [item for item in overrides if item.split("=", 1)[0].strip() not in unlearning_keys()]
-    return {name: str(path) for name, path in prepare(shared).items()}
+    local = [] if _is_embedded_muse(data) else ["--data", data]
+    return {name: str(path) for name, path in prepare([*local, *shared]).items()}
+
+
+def _muse_data_overrides(data: str) -> list[str]:
+    """A local MUSE folder's raw/forget and raw/retain1, registered, as the unlearning data (the method configs
+    name the embedded mini corpus's)."""
+    if _is_embedded_muse(data):
+        return []
+    from unilogit.benchmarks.muse import LOCAL_FORGET, LOCAL_RETAIN, register_local
+
+    return [f"dataset_dir={register_local(data)}", f"dataset={LOCAL_FORGET}", f"retain_dataset={LOCAL_RETAIN}"]
 
 
 def _muse_point(run: SweepRun) -> list[list[str]]:
@@ -170,6 +190,7 @@ MUSE = Benchmark(
     ),
     read_models=_muse_read_models,
     resolve_models=_muse_models,
+    data_overrides=_muse_data_overrides,
     point_commands=_muse_point,
     reference_commands=_muse_reference,
     kl_figure=True,
@@ -184,7 +205,7 @@ def _rwku_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
     return {"model": str(data.get("model") or RWKU_DEFAULT_MODEL)}
 
 
-def _rwku_models(given: Mapping[str, str | None], overrides: list[str]) -> dict[str, str]:
+def _rwku_models(given: Mapping[str, str | None], overrides: list[str], data: str) -> dict[str, str]:
     """The original model, which every target starts from (``rwku run`` trains each point itself)."""
     return {"model": str(given["model"])}
 
@@ -247,6 +268,7 @@ RWKU = Benchmark(
     ),
     read_models=_rwku_read_models,
     resolve_models=_rwku_models,
+    data_overrides=lambda data: [],  # `rwku run` trains on --data's targets itself
     point_commands=_rwku_point,
     reference_commands=_rwku_reference,
 )

@@ -139,14 +139,17 @@ class Sweep:
         return points
 
     def train_overrides(self, point: Point, models: dict[str, str] | None = None, seed: int | None = None) -> list[str]:
-        """The training run's ``key=value`` arguments: shared overrides, the method's, the grid, ``seed=N`` (with
-        ``seed``), then --quick's (which win). With ``models`` (the sweep's model paths by name), ``{name}`` in the
-        method's are replaced."""
+        """The training run's ``key=value`` arguments: the data's (a local MUSE folder's), shared overrides, the
+        method's, the grid, ``seed=N`` (with ``seed``), then --quick's (which win). With ``models`` (the sweep's
+        model paths by name), ``{name}`` in the method's are replaced."""
         own = self.methods[point.method].overrides if point.method in self.methods else []
         if models is not None:
             own = [_PLACEHOLDER.sub(lambda m: models[m.group(1)], item) for item in own]
         seeded = [] if seed is None else [f"seed={seed}"]
-        return [*self.overrides, *own, *point.overrides, *seeded, *self.quick_overrides]
+        # Overrides that name the training data (evaluation-only folders) replace the data folder's own.
+        named = any(item.split("=", 1)[0].strip() == "dataset" for item in self.overrides)
+        data = [] if named else self.descriptor.data_overrides(self.data)
+        return [*data, *self.overrides, *own, *point.overrides, *seeded, *self.quick_overrides]
 
     def to_json(self) -> dict[str, Any]:
         """The resolved sweep, as written to ``sweep.json``."""

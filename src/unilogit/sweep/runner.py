@@ -242,7 +242,7 @@ def run_sweep(sweep: Sweep, jobs: int | None = None) -> int:
     devices = visible_devices()
     jobs = jobs or max(1, len(devices))
     # The shared overrides only: --quick's are left out, so that a smoke run reuses prepared models.
-    models = sweep.descriptor.resolve_models(sweep.models, sweep.overrides)
+    models = sweep.descriptor.resolve_models(sweep.models, sweep.overrides, sweep.data)
     tasks = sweep_tasks(sweep, models)
     finished = [task for task in tasks if task.done.is_file()]
     atomic_write_text(sweep.output / SWEEP_JSON, json.dumps({**sweep.to_json(), "models": models}, indent=1) + "\n")
