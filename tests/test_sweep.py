@@ -647,3 +647,47 @@ def test_a_sweep_on_a_local_muse_folder_trains_on_that_folder(tmp_path: Path, mo
     embedded = load_sweep(_write(tmp_path / "e.yaml", _muse_sweep()))
     train = point_commands(embedded, point, {"target": "T", "retrain": "R"}, 42, tmp_path)[0]
     assert not any(arg.startswith("dataset") for arg in train)
+
+
+def test_a_validation_sweep_names_each_methods_chosen_point(tmp_path: Path) -> None:
+    """The rule: the most gap closed among points keeping 90% of the target's KnowMem_r, else the most KnowMem_r."""
+    from unilogit.sweep.pareto import choose_points, gap_closed
+
+    target = {"verbmem_f": 60.0, "knowmem_f": 40.0, "knowmem_r": 30.0}
+    retrain = {"verbmem_f": 20.0, "knowmem_f": 0.0, "knowmem_r": 20.0}
+    assert gap_closed({"verbmem_f": 30.0}, target, retrain, "verbmem_f") == 0.75
+
+    def row(method: str, point: str, verbmem: float, knowmem: float, retain: float) -> dict:
+        return {"method": method, "point": point, "verbmem_f": verbmem, "knowmem_f": knowmem, "knowmem_r": retain}
+
+    points = [
+        row("a", "mild", 50.0, 30.0, 29.0),
+        row("a", "strong", 30.0, 10.0, 27.0),  # 27 >= 0.9 * 30, and closes more: chosen
+        row("a", "harsh", 20.0, 0.0, 26.0),  # closes everything but keeps too little
+        row("b", "x", 20.0, 0.0, 10.0),
+        row("b", "y", 40.0, 20.0, 15.0),  # none keeps 90%: the most KnowMem_r
+    ]
+    assert {m: r["point"] for m, r in choose_points(points, target, retrain).items()} == {"a": "strong", "b": "y"}
+
+    sweep_dir = _handmade_muse_sweep(tmp_path / "test-sweep")
+    write_report(sweep_dir)
+    assert "Chosen point" not in (sweep_dir / "report" / "summary.md").read_text()  # test items: no choice
+    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    (sweep_dir / "sweep.json").write_text(json.dumps({**meta, "selection": "validation"}))
+    write_report(sweep_dir)
+    summary = (sweep_dir / "report" / "summary.md").read_text()
+    chosen = summary.split("## Chosen point per method (validation data)")[1].split("## Pareto front")[0]
+    assert "KnowMem_r at 90% or more of the target's" in chosen and "No point is singled out" not in summary
+    # a: 0.004 keeps 30 < 36 of KnowMem_r; of the rest 0.002 closes 1.5 gaps, 0.001 one. b: only 0.001 keeps 36.
+    assert [line.split(" | ")[1] for line in chosen.splitlines() if line.startswith("| ") and " | " in line][1:] == [
+        "a/learning_rate=0.002", "b/learning_rate=0.001,npo_beta=0.1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("selection", ["best", "test"])
+def test_selection_is_validation_or_nothing(tmp_path: Path, selection: str) -> None:
+    with pytest.raises(ConfigError, match=f"selection: '{selection}'; use validation"):
+        load_sweep(_write(tmp_path / "s.yaml", _muse_sweep(selection=selection)))
+    rwku = {"benchmark": "rwku", "output": "o", "model": "M", "selection": "validation",
+            "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4]}}}}  # fmt: skip
+    with pytest.raises(ConfigError, match="selection: validation is for muse sweeps"):
+        load_sweep(_write(tmp_path / "r.yaml", rwku))

@@ -38,7 +38,7 @@ from unilogit.errors import ConfigError, first_line
 from unilogit.stage.args import unlearning_keys
 
 # The top-level keys every sweep file may have; each benchmark adds the keys that name its models.
-COMMON_KEYS = ("benchmark", "output", "data", "overrides", "eval_args", "seeds", "methods", "quick")
+COMMON_KEYS = ("benchmark", "output", "data", "selection", "overrides", "eval_args", "seeds", "methods", "quick")
 METHOD_KEYS = ("config", "grid", "overrides")
 # A method's overrides may name the sweep's models (the benchmark's ``models``) as {name}.
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -123,6 +123,8 @@ class Sweep:
     points_per_method: int | None = None
     models: dict[str, str | None] = field(default_factory=dict)  # the benchmark's model_keys as the file gives them
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))  # every point runs once per seed
+    # On validation data: the report names each method's chosen point (SELECTION_RULE). Never on test data.
+    validation: bool = False
 
     @property
     def descriptor(self) -> Benchmark:
@@ -162,6 +164,7 @@ class Sweep:
             "eval_args": self.eval_args,
             "seeds": self.seeds,
             "quick": self.quick,
+            "selection": "validation" if self.validation else None,
             "quick_overrides": self.quick_overrides,
             # Every benchmark's model keys, unset ones as null, so that sweep.json has one shape.
             **{key: self.models.get(key) for key in model_keys()},
@@ -347,6 +350,12 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
             if any(own.split("=", 1)[0].strip() == key for own in method.overrides):
                 raise ConfigError(f"{path}: {key} is in overrides and in the overrides of {method.name}; keep one")
 
+    selection = data.get("selection")
+    if selection not in (None, "validation"):
+        raise ConfigError(f"{path}: selection: {selection!r}; use validation (on validation data only: the report "
+                          "then names each method's chosen point) or leave it out")  # fmt: skip
+    if selection and benchmark.name != "muse":
+        raise ConfigError(f"{path}: selection: validation is for muse sweeps; leave it out")
     sweep = Sweep(
         path=path,
         benchmark=benchmark.name,
@@ -357,6 +366,7 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
         methods=methods,
         models=models,
         seeds=_seeds(f"{path}: seeds", data.get("seeds")),
+        validation=selection == "validation",
     )
     _check_unique_folders(path, sweep.points)
     if quick:

@@ -16,9 +16,10 @@ It reads ``SWEEP_DIR/sweep.csv`` and ``sweep.json`` (written by ``unilogit sweep
   on stderr).
 - ``summary.md``: each method's Pareto front, the dominated points and the table.
 
-No point is singled out as the winner: the points are scored on the benchmark's test items and a sweep keeps
-no validation split apart from them, so a point chosen by these numbers would look better than it is. The
-report lists the fronts instead.
+No point is singled out as the winner on test items: a point chosen by the numbers it reports would look
+better than it is, so the report lists the fronts instead. Only a sweep on validation data (``selection:
+validation``, MUSE) gets each method's chosen point (:func:`choose_points`), whose hyperparameters are then
+run on the test items.
 """
 
 from __future__ import annotations
@@ -265,6 +266,38 @@ def _kl_plot(benchmark: Benchmark, sweep_dir: Path, points: list[dict], refs: di
     return _save(fig, out / f"kl-to-retrain-{sweep_dir.resolve().name}")
 
 
+RETAIN_FLOOR = 0.9
+SELECTION_RULE = (
+    f"Among a method's points that keep KnowMem_r at {RETAIN_FLOOR:.0%} or more of the target's, the one that "
+    "closes the largest share of the target–retrain gaps of VerbMem_f and KnowMem_f (the mean of the two shares); "
+    "when none keeps that much, the one with the highest KnowMem_r."
+)
+
+
+def gap_closed(row: dict[str, Any], target: dict[str, Any], retrain: dict[str, Any], key: str) -> float:
+    """The share of the target–retrain gap of forget metric ``key`` that ``row`` closes: (target − row) /
+    (target − retrain); 1 at the retrained model's score, 0 at the target's."""
+    return (target[key] - row[key]) / (target[key] - retrain[key])
+
+
+def choose_points(points: list[dict[str, Any]], target: dict[str, Any], retrain: dict[str, Any]) -> dict[str, Any]:
+    """Per method (in order of first appearance), its point chosen by :data:`SELECTION_RULE` on MUSE rows."""
+    chosen = {}
+    for method in dict.fromkeys(row["method"] for row in points):
+        rows = [row for row in points if row["method"] == method]
+        kept = [row for row in rows if row["knowmem_r"] >= RETAIN_FLOOR * target["knowmem_r"]]
+        closed = {id(r): sum(gap_closed(r, target, retrain, k) for k in ("verbmem_f", "knowmem_f")) for r in kept}
+        chosen[method] = max(kept, key=lambda r: closed[id(r)]) if kept else max(rows, key=lambda r: r["knowmem_r"])
+    return chosen
+
+
+def _selection(points: list[dict], refs: dict[str, dict], metrics: list[str], benchmark: str) -> list[str]:
+    chosen = list(choose_points(points, refs["target"], refs["retrain"]).values())
+    return ["## Chosen point per method (validation data)", "", f"{SELECTION_RULE} These hyperparameters are then "
+            "run on the test items; the numbers below are the validation data's, not results.", "",
+            sweep_table(chosen, ["method", "point", *metrics, "seeds"], benchmark), ""]  # fmt: skip
+
+
 def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict]) -> str:
     benchmark = BENCHMARKS[meta["benchmark"]]
     metrics = [key for _, key, _ in benchmark.columns]
@@ -272,11 +305,18 @@ def _summary(sweep_dir: Path, meta: dict, rows: list[dict], points: list[dict]) 
     lines = [f"# Sweep report: {sweep_dir}", "", f"Sweep file `{meta.get('sweep_file')}`, {benchmark.name}, data "
              f"`{meta.get('data')}`, seeds {seeds or 'n/a'}, {len(points)} points with a finished run. Each cell: "
              "the mean over the point's finished seeds ± the half-width of its 95% confidence interval (Student's "
-             "t); the reference models are evaluated once.", "",
-             "No point is singled out: the points are scored on the benchmark's test items and the sweep keeps "
-             "no validation split apart from them, so a point chosen by these numbers would look better than it "
-             "is. Each method's Pareto front is listed instead, and the fronts are of the means.", "",
-             "## Pareto front per method", ""]  # fmt: skip
+             "t); the reference models are evaluated once.", ""]  # fmt: skip
+    if meta.get("selection") == "validation":
+        refs = {row["method"]: row for row in rows if not row["point"]}
+        lines += _selection(points, refs, metrics, benchmark.name)
+    else:
+        lines += [
+            "No point is singled out: the points are scored on the benchmark's test items and the sweep "
+            "keeps no validation split apart from them, so a point chosen by these numbers would look better "
+            "than it is. Each method's Pareto front is listed instead, and the fronts are of the means.",
+            "",
+        ]
+    lines += ["## Pareto front per method", ""]
     for plot in benchmark.plots:
         front = [row for rows in method_fronts(points, plot).values() for row in rows]
         where = f"On {plot.x} (retain, higher is better) and {plot.y} (forget, lower is better), as in `{plot.name}`"
