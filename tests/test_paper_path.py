@@ -180,6 +180,7 @@ def test_muse_driver_evaluates_the_references_beside_the_unlearning(
     assert "evaluating the target and the retrained model beside the unlearning" in result.stderr
     for row in ("| target |", "| retrain |", "| unilogit_rt |"):
         assert row in result.stdout, result.stdout
+    assert result.stdout.startswith("| model |"), result.stdout  # the table and its note alone: logs go to stderr
     target_rows = list(target.glob("muse_eval-*/muse_results.json"))
     assert len(target_rows) == 1 and json.loads(target_rows[0].read_text())["target"]["kl_to_retrain"] > 0
 

@@ -144,8 +144,9 @@ muse_run() {
     target_json="$(muse_eval_cached "$TARGET" target)"
     retrain_json="$(muse_eval_cached "$RETRAIN" retrain)"
   fi
+  # Its log goes to stderr, as every step's but the table's: stdout is the table alone.
   "$CLI" train "$RECIPE_DIR/$method.yaml" model_name_or_path="$TARGET" output_dir="$RUN_DIR" "${batch_args[@]}" \
-    "${TRAIN_ARGS[@]}" "$@"
+    "${TRAIN_ARGS[@]}" "$@" >&2
   if [[ -n "$logs" ]]; then
     wait_eval target "$target_pid" "$logs"
     wait_eval retrain "$retrain_pid" "$logs"
