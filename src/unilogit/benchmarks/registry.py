@@ -74,6 +74,7 @@ class Benchmark:
     point_commands: Callable[[SweepRun], list[list[str]]]  # `unilogit` argv of a point, in order
     reference_commands: Callable[[SweepRun], list[list[str]]]  # `unilogit` argv evaluating a reference
     kl_figure: bool = False  # the report draws the KL-to-retrain figure (the points log soft_target_kl)
+    validation_selection: bool = False  # a sweep may say `selection: validation` (sweep.pareto.choose_points)
 
     @property
     def columns(self) -> tuple[tuple[str, str, str], ...]:
@@ -194,6 +195,7 @@ MUSE = Benchmark(
     point_commands=_muse_point,
     reference_commands=_muse_reference,
     kl_figure=True,
+    validation_selection=True,
 )
 
 # --- RWKU ---------------------------------------------------------------------------------------------------

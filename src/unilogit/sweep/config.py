@@ -354,8 +354,9 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
     if selection not in (None, "validation"):
         raise ConfigError(f"{path}: selection: {selection!r}; use validation (on validation data only: the report "
                           "then names each method's chosen point) or leave it out")  # fmt: skip
-    if selection and benchmark.name != "muse":
-        raise ConfigError(f"{path}: selection: validation is for muse sweeps; leave it out")
+    if selection and not benchmark.validation_selection:
+        chooses = " and ".join(b.name for b in BENCHMARKS.values() if b.validation_selection)
+        raise ConfigError(f"{path}: selection: validation is for {chooses} sweeps; leave it out")
     sweep = Sweep(
         path=path,
         benchmark=benchmark.name,
