@@ -19,8 +19,8 @@
 #   BF16           true | false: bf16 mixed precision for unlearning and preparation (default: true for
 #                  news/books when a GPU is visible, else false; CPUs with avx512_bf16 can run it too)
 #   MAX_EXAMPLES   cap every evaluation split (quick runs)
-#   OVERLAP_EVALS  1 | 0: evaluate the target and retrain models beside the unlearning, their logs in a temporary
-#                  folder (default: 1 for the mini recipe without a GPU, where generation leaves a core idle)
+#   OVERLAP_EVALS  1 | 0 (default): evaluate the target and retrain models beside the unlearning, their logs in a
+#                  temporary folder (on 2 CPU cores three processes thrashed: the main job took 21 min, not ~14)
 #   RUN_DIR        the unlearning output folder (default saves/muse/<method>-<data>-<time>; never reused)
 #   RUN_NAME       the row name of the run in the table (default: the method)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -50,11 +50,8 @@ case "$RECIPE" in
   news|books) RECIPE_DIR="examples/paper/muse_$RECIPE"; default_bf16 paper ;;
   *) die muse "RECIPE=$RECIPE; use mini, news or books" ;;
 esac
-# Whether the reference models' evaluations run beside the unlearning: by default only for the mini recipe on a
-# machine without a GPU (a 135M model: three processes fit any laptop; on a GPU they would share its memory).
-overlap_default=0
-[[ "$RECIPE" == mini ]] && ! nvidia-smi -L >/dev/null 2>&1 && overlap_default=1
-OVERLAP_EVALS="${OVERLAP_EVALS:-$overlap_default}"
+# Whether the reference models' evaluations run beside the unlearning: off unless asked (docs/MUSE.md).
+OVERLAP_EVALS="${OVERLAP_EVALS:-0}"
 [[ "$OVERLAP_EVALS" == [01] ]] ||
   die muse "OVERLAP_EVALS=$OVERLAP_EVALS; use 1 (evaluate the references beside the unlearning) or 0"
 if [[ -n "${TARGET_MODEL:-}" && -z "${RETRAIN_MODEL:-}" || -z "${TARGET_MODEL:-}" && -n "${RETRAIN_MODEL:-}" ]]; then
