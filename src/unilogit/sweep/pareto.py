@@ -286,8 +286,11 @@ def choose_points(points: list[dict[str, Any]], target: dict[str, Any], retrain:
     for method in dict.fromkeys(row["method"] for row in points):
         rows = [row for row in points if row["method"] == method]
         kept = [row for row in rows if row["knowmem_r"] >= RETAIN_FLOOR * target["knowmem_r"]]
-        closed = {id(r): sum(gap_closed(r, target, retrain, k) for k in ("verbmem_f", "knowmem_f")) for r in kept}
-        chosen[method] = max(kept, key=lambda r: closed[id(r)]) if kept else max(rows, key=lambda r: r["knowmem_r"])
+
+        def closed(row: dict[str, Any]) -> float:
+            return sum(gap_closed(row, target, retrain, key) for key in ("verbmem_f", "knowmem_f"))
+
+        chosen[method] = max(kept, key=closed) if kept else max(rows, key=lambda row: row["knowmem_r"])
     return chosen
 
 
