@@ -173,11 +173,16 @@ def test_local_muse_folder_is_registered_for_llamafactory(tmp_path: Path, capsys
 
 
 def test_local_muse_folder_registers_retain2_for_the_reference_models_only(tmp_path: Path) -> None:
-    """MUSE's retain2 is seen by the target and the retrained model, never by unlearning."""
+    """MUSE's retain2 is seen by the target and the retrained model, never by unlearning; the registration is
+    rewritten only when it changes."""
     from unilogit.benchmarks.muse import LOCAL_RETAIN, LOCAL_RETAIN2, register_local
 
     folder = _muse_folder(tmp_path / "MUSE-mine", ["Orla Venn built a mill."], ["Piet Skarro sold glass."])
-    assert LOCAL_RETAIN2 not in json.loads((register_local(folder) / "dataset_info.json").read_text())
+    info_file = register_local(folder) / "dataset_info.json"
+    assert LOCAL_RETAIN2 not in json.loads(info_file.read_text())
+    written = info_file.stat().st_ino
+    register_local(folder)  # unchanged: a sweep registers once per point, and the file is left as it is
+    assert info_file.stat().st_ino == written
     (folder / "raw" / "retain2.json").write_text(json.dumps([{"text": "Ada Kell mends nets."}]))
     info = json.loads((register_local(folder) / "dataset_info.json").read_text())
     assert info[LOCAL_RETAIN2]["file_name"] == str(folder.resolve() / "raw" / "retain2.json")

@@ -59,7 +59,11 @@ def register_local(folder: str | Path) -> Path:
         for name, split in splits.items()
     }
     out = saves_dir() / "muse" / "datasets" / f"{source.name}-{hashlib.sha256(bytes(source)).hexdigest()[:12]}"
-    atomic_write_text(out / "dataset_info.json", json.dumps(info, indent=1) + "\n")
+    text = json.dumps(info, indent=1) + "\n"
+    target = out / "dataset_info.json"
+    # A sweep registers its folder once per point: rewrite only when the registration changed.
+    if not target.is_file() or target.read_text() != text:
+        atomic_write_text(target, text)
     return out
 
 
