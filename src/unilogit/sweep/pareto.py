@@ -282,14 +282,14 @@ def gap_closed(row: dict[str, Any], target: dict[str, Any], retrain: dict[str, A
 
 def choose_points(points: list[dict[str, Any]], target: dict[str, Any], retrain: dict[str, Any]) -> dict[str, Any]:
     """Per method (in order of first appearance), its point chosen by :data:`SELECTION_RULE` on MUSE rows."""
+
+    def closed(row: dict[str, Any]) -> float:
+        return sum(gap_closed(row, target, retrain, key) for key in ("verbmem_f", "knowmem_f"))
+
     chosen = {}
     for method in dict.fromkeys(row["method"] for row in points):
         rows = [row for row in points if row["method"] == method]
         kept = [row for row in rows if row["knowmem_r"] >= RETAIN_FLOOR * target["knowmem_r"]]
-
-        def closed(row: dict[str, Any]) -> float:
-            return sum(gap_closed(row, target, retrain, key) for key in ("verbmem_f", "knowmem_f"))
-
         chosen[method] = max(kept, key=closed) if kept else max(rows, key=lambda row: row["knowmem_r"])
     return chosen
 
