@@ -17,7 +17,8 @@ from conftest import ROOT
 from unilogit import fingerprint as fingerprint_module
 from unilogit.atomic import atomic_folder
 from unilogit.benchmarks import prepare
-from unilogit.benchmarks.prepare import DONE_MARKER, cache_key
+from unilogit.benchmarks.prepare import cache_key
+from unilogit.config import PREPARED_MARKER
 from unilogit.errors import ConfigError
 from unilogit.fingerprint import fingerprint
 
@@ -115,7 +116,7 @@ def test_prepare_key_follows_config_data_and_base_model_bytes(tmp_path: Path) ->
 def test_prepare_trains_into_place_or_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``prepare_model`` runs ``unilogit train`` into a temporary sibling (here a stand-in that writes one file, or
     fails) and renames it into place only on success; a second call reuses it without training."""
-    config = _setup(tmp_path)
+    config = {**_setup(tmp_path), "seed": 7}
     path = tmp_path / "target.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("UNILOGIT_CACHE", str(tmp_path / "cache"))
@@ -133,7 +134,8 @@ def test_prepare_trains_into_place_or_leaves_nothing(tmp_path: Path, monkeypatch
     assert not any((tmp_path / "cache" / "prepared").iterdir())  # nothing half-made left
     folder = prepare.prepare_model("target", path)
     assert folder.name == f"target-{cache_key(config)}" and (folder / "model.safetensors").read_text() == "trained"
-    assert json.loads((folder / DONE_MARKER).read_text())["config"] == str(path)
+    marker = json.loads((folder / PREPARED_MARKER).read_text())
+    assert (marker["config"], marker["seed"]) == (str(path), config["seed"])  # eval muse reads the seed from it
     assert prepare.prepare_model("target", path) == folder and len(runs) == 2  # reused, not trained again
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 

@@ -117,6 +117,8 @@ def test_drivers_keep_the_effective_batch_on_any_process_count(ngpus: int) -> No
         ({"DEEPSPEED": "z9"}, "muse: error: DEEPSPEED=z9; use 0, z3"),
         ({"OVERLAP_EVALS": "yes"}, "muse: error: OVERLAP_EVALS=yes; use 1 (evaluate the references beside"),
         ({"MUSE_DATA": "data/muse_mini", "TARGET_MODEL": "a/b"}, "muse: error: give both TARGET_MODEL and"),
+        ({"REFERENCE_SEED": "4x"}, "muse: error: REFERENCE_SEED=4x; use a non-negative integer seed"),
+        ({"REFERENCE_SEED": "43", "TARGET_MODEL": "a/b", "RETRAIN_MODEL": "a/c"}, "muse: error: REFERENCE_SEED trains"),
         ({"RUN_DIR": "data"}, "muse: error: data exists; choose another RUN_DIR"),
     ],
 )

@@ -18,7 +18,7 @@ from scipy import stats
 from conftest import ROOT
 from unilogit import cli
 from unilogit.benchmarks.muse import table as muse_table
-from unilogit.config import CONFIG_NAME
+from unilogit.config import CONFIG_NAME, PREPARED_MARKER
 from unilogit.errors import ConfigError
 from unilogit.evaluation.muse import TABLE_COLUMNS
 from unilogit.evaluation.results import format_metrics_table
@@ -98,6 +98,15 @@ def _unlearned_copy(model: str, folder: Path, seed: int) -> Path:
     shutil.copytree(model, folder)
     (folder / CONFIG_NAME).write_text(yaml.safe_dump({"stage": "unlearn", "seed": seed}))
     return folder
+
+
+def test_run_seed_reads_a_prepared_models_marker(tmp_path: Path) -> None:
+    """A prepared target or retrain model records its training seed, so its evaluations carry it."""
+    marker = tmp_path / PREPARED_MARKER
+    marker.write_text(json.dumps({"config": "target.yaml", "overrides": ["seed=43"], "seed": 43}))
+    assert run_seed(tmp_path) == 43
+    marker.write_text(json.dumps({"config": "target.yaml", "overrides": []}))  # written before markers had seeds
+    assert run_seed(tmp_path) is None
 
 
 def test_muse_table_groups_the_seeds_of_a_method(tiny_model_dir: str, tmp_path: Path, capsys) -> None:

@@ -8,6 +8,8 @@
 #   TARGET_MODEL   use these target and retrain models (default for news/books: muse-bench's released ones); for
 #   RETRAIN_MODEL  mini and a folder without them, both are trained from its raw/ splits once and cached
 #                  (`unilogit muse prepare [--data FOLDER]`)
+#   REFERENCE_SEED the training seed of the prepared target and retrain models (`muse prepare seed=N`; default:
+#                  their YAMLs' 42); not with TARGET_MODEL/RETRAIN_MODEL, which are trained already
 #   TOKENIZER      the tokenizer folder or hub id for models that ship none, for evaluation and unlearning
 #                  (default for news/books: meta-llama/Llama-2-7b-hf, as MUSE)
 #   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN); the
@@ -57,6 +59,11 @@ OVERLAP_EVALS="${OVERLAP_EVALS:-0}"
 if [[ -n "${TARGET_MODEL:-}" && -z "${RETRAIN_MODEL:-}" || -z "${TARGET_MODEL:-}" && -n "${RETRAIN_MODEL:-}" ]]; then
   die muse "give both TARGET_MODEL and RETRAIN_MODEL, or neither (then both are prepared from the data)"
 fi
+if [[ -n "${REFERENCE_SEED:-}" ]]; then
+  [[ "$REFERENCE_SEED" =~ ^[0-9]+$ ]] || die muse "REFERENCE_SEED=$REFERENCE_SEED; use a non-negative integer seed"
+  [[ -z "${TARGET_MODEL:-}" ]] ||
+    die muse "REFERENCE_SEED trains the target and retrain models; leave it unset with TARGET_MODEL and RETRAIN_MODEL"
+fi
 EVAL_ARGS=(--data "$EVAL_DATA")
 [[ -n "${MAX_EXAMPLES:-}" ]] && EVAL_ARGS+=(--max-examples "$MAX_EXAMPLES")
 [[ -n "${TOKENIZER:-}" ]] && EVAL_ARGS+=(--tokenizer "$TOKENIZER")
@@ -71,7 +78,7 @@ muse_prepare() {
   fi
   local out data=()
   [[ "$MUSE_DATA" != mini ]] && data=(--data "$EVAL_DATA")
-  out="$("$CLI" muse prepare "${data[@]}" bf16="$BF16")"
+  out="$("$CLI" muse prepare "${data[@]}" bf16="$BF16" ${REFERENCE_SEED:+seed="$REFERENCE_SEED"})"
   TARGET="$(sed -n 's/^target=//p' <<<"$out")"
   RETRAIN="$(sed -n 's/^retrain=//p' <<<"$out")"
 }

@@ -21,6 +21,9 @@ from unilogit.errors import ConfigError, first_line
 
 # The resolved config a run folder keeps: the stage writes it, `unilogit report` evaluates the run from it.
 CONFIG_NAME = "unlearn_config.yaml"
+# What a prepared (cached) target or retrain model keeps beside its weights: the config and overrides it was
+# trained with and its training seed. Written last, so a folder without it is unfinished.
+PREPARED_MARKER = "unilogit_prepared.json"
 
 _REPR = reprlib.Repr()  # keyword arguments need Python 3.12
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40

@@ -173,7 +173,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     record = {
         "name": name,
         "model": str(args.model),
-        "seed": run_seed(args.model),  # the training seed of an unlearned folder; None for a reference model
+        "seed": run_seed(args.model),  # the training seed of a folder trained here; None for a hub model
         "retrain": args.retrain,
         "data": str(args.data),
         "max_examples": args.max_examples,

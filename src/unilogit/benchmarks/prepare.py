@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.atomic import atomic_folder
-from unilogit.config import load_config
+from unilogit.config import PREPARED_MARKER, load_config
 from unilogit.errors import ConfigError
 from unilogit.fingerprint import fingerprint
 from unilogit.models import cache_dir, resolve_model
-
-DONE_MARKER = "unilogit_prepared.json"
 
 
 def _datasets(config: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
@@ -61,14 +59,15 @@ def prepare_model(name: str, config_path: str | Path, overrides: list[str] | Non
     config = load_config(argv)
     config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
     target = cache_dir() / "prepared" / f"{name}-{cache_key(config)}"
-    if (target / DONE_MARKER).is_file():
+    if (target / PREPARED_MARKER).is_file():
         print(f"[unilogit] {name}: reusing {target}", file=sys.stderr)
         return target
     print(f"[unilogit] {name}: training with {config_path} into {target}", file=sys.stderr)
-    with atomic_folder(target, DONE_MARKER) as tmp:
+    with atomic_folder(target, PREPARED_MARKER) as tmp:
         cmd = [sys.executable, "-m", "unilogit.cli", "train", *argv, f"output_dir={tmp}", "overwrite_output_dir=true"]
         # Training output goes to stderr: stdout carries only the prepared paths, for scripts to read.
         if subprocess.run(cmd, stdout=sys.stderr).returncode != 0:
             raise ConfigError(f"{name}: training with {config_path} failed (see the log above)")
-        (tmp / DONE_MARKER).write_text(json.dumps({"config": str(config_path), "overrides": overrides or []}))
+        marker = {"config": str(config_path), "overrides": overrides or [], "seed": config.get("seed")}
+        (tmp / PREPARED_MARKER).write_text(json.dumps(marker))
     return target

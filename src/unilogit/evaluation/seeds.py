@@ -9,6 +9,7 @@ interval. ``unilogit muse|rwku table`` and the sweeps build their rows with :fun
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from unilogit.config import CONFIG_NAME
+from unilogit.config import CONFIG_NAME, PREPARED_MARKER
 
 CI_SUFFIX = "_ci95"
 N_SEEDS, SEEDS, RUNS = "n_seeds", "seeds", "runs"
@@ -58,12 +59,16 @@ def record_seed(record: Mapping[str, Any]) -> int | None:
 
 
 def run_seed(folder: str | Path) -> int | None:
-    """The seed a training output folder was trained with, from the resolved config the stage saved in it
-    (``unlearn_config.yaml``); None for a folder without one (a model not unlearned here, or a hub id)."""
-    config = Path(folder) / CONFIG_NAME
-    if not config.is_file():
-        return None
-    seed = (yaml.safe_load(config.read_text()) or {}).get("seed")
+    """The seed a model folder was trained with: from the resolved config the unlearning stage saved in it
+    (``unlearn_config.yaml``), or from the marker of a prepared target or retrain model
+    (``unilogit_prepared.json``); None for a folder with neither (a model not trained here, or a hub id)."""
+    config, marker = Path(folder) / CONFIG_NAME, Path(folder) / PREPARED_MARKER
+    if config.is_file():
+        seed = (yaml.safe_load(config.read_text()) or {}).get("seed")
+    elif marker.is_file():
+        seed = json.loads(marker.read_text()).get("seed")  # markers written before it recorded the seed have none
+    else:
+        seed = None
     return None if seed is None else int(seed)
 
 
