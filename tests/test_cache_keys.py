@@ -137,6 +137,9 @@ def test_prepare_trains_into_place_or_leaves_nothing(tmp_path: Path, monkeypatch
     marker = json.loads((folder / PREPARED_MARKER).read_text())
     assert (marker["config"], marker["seed"]) == (str(path), config["seed"])  # eval muse reads the seed from it
     assert prepare.prepare_model("target", path) == folder and len(runs) == 2  # reused, not trained again
+    (folder / PREPARED_MARKER).write_text(json.dumps({"config": str(path), "overrides": []}))  # an older marker
+    assert prepare.prepare_model("target", path) == folder and len(runs) == 2
+    assert json.loads((folder / PREPARED_MARKER).read_text())["seed"] == 7  # given its seed when reused
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 
 

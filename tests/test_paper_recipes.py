@@ -131,6 +131,19 @@ def test_muse_driver_bad_input_is_one_line_and_exit_2(env: dict[str, str], messa
 @pytest.mark.parametrize(
     ("env", "message"),
     [
+        ({"PER_SEED_REFERENCES": "yes"}, "muse: error: PER_SEED_REFERENCES=yes; use 1 (a target and retrain model"),
+        ({"PER_SEED_REFERENCES": "1", "REFERENCE_SEED": "7"}, "muse: error: PER_SEED_REFERENCES=1 trains the models"),
+    ],
+)
+def test_run_all_muse_bad_input_is_one_line_and_exit_2(env: dict[str, str], message: str) -> None:
+    done = _bash("bash scripts/custom/run_all_muse.sh", env)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith(message), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
         ({"RWKU_DATA": "/nowhere/at/all"}, "rwku: error: RWKU_DATA=/nowhere/at/all; use mini, hub or a local"),
         ({"RECIPE": "news"}, "rwku: error: RECIPE=news; use mini or paper"),
     ],

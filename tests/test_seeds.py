@@ -109,6 +109,22 @@ def test_run_seed_reads_a_prepared_models_marker(tmp_path: Path) -> None:
     assert run_seed(tmp_path) is None
 
 
+def test_reference_models_of_several_seeds_make_one_row(tiny_model_dir: str, tmp_path: Path, capsys) -> None:
+    """Prepared target models of two seeds (run_all_muse.sh with PER_SEED_REFERENCES=1): their evaluations carry
+    the seed from the prepared marker, so the table averages them into one row instead of refusing a duplicate."""
+    results = []
+    for seed in (42, 43):
+        model = tmp_path / f"target-{seed}"
+        shutil.copytree(tiny_model_dir, model)
+        (model / PREPARED_MARKER).write_text(json.dumps({"config": "target.yaml", "overrides": [], "seed": seed}))
+        assert cli.main(["eval", "muse", "--model", str(model), "--name", "target", "--output", str(model / "eval"),
+                         "--data", str(FIXTURES), "--max-examples", "2"]) == 0  # fmt: skip
+        results.append(str(model / "eval" / "muse_results.json"))
+    capsys.readouterr()
+    target = muse_table(results)["target"]
+    assert (target["n_seeds"], target["seeds"], target["knowmem_f_ci95"]) == (2, [42, 43], 0.0)
+
+
 def test_muse_table_groups_the_seeds_of_a_method(tiny_model_dir: str, tmp_path: Path, capsys) -> None:
     common = ["--retrain", tiny_model_dir, "--data", str(FIXTURES), "--max-examples", "2"]
     assert cli.main(["eval", "muse", "--model", tiny_model_dir, "--name", "target", "--output",

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Every MUSE driver at its defaults, once per training seed of SEEDS (default "42 43 44"), then one table of all
 # of them, saved as docs/results/muse-<data>.json and .md (refused if they exist). A method's row is the mean over
-# its seeds with the half-width of its 95% confidence interval (<metric>_ci95, n_seeds, each run under runs); the
-# target and retrain rows are evaluated once and have none. Unilogit's two ablations run beside it (the paper's
-# θ_o target, unilogit_target=initial, and forward KL, unilogit_divergence=forward). Environment: SEEDS, and see
-# muse_common.sh.
+# its seeds with the half-width of its 95% confidence interval (<metric>_ci95, n_seeds, each run under runs). The
+# target and retrain rows are one pair of models, evaluated once, unless PER_SEED_REFERENCES=1: then seed S's runs
+# unlearn the target trained with seed S (REFERENCE_SEED=S, with its own retrained model for PrivLeak and the KL),
+# and the target and retrain rows get means and intervals over those models too. Unilogit's two ablations run
+# beside it (the paper's θ_o target, unilogit_target=initial, and forward KL, unilogit_divergence=forward).
+# Environment: SEEDS, PER_SEED_REFERENCES, and see muse_common.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/muse_common.sh"
 read_seeds muse
+PER_SEED_REFERENCES="${PER_SEED_REFERENCES:-0}"
+[[ "$PER_SEED_REFERENCES" == [01] ]] ||
+  die muse "PER_SEED_REFERENCES=$PER_SEED_REFERENCES; use 1 (a target and retrain model per seed) or 0 (one pair)"
+[[ "$PER_SEED_REFERENCES" == 0 || -z "${TARGET_MODEL:-}${REFERENCE_SEED:-}" ]] ||
+  die muse "PER_SEED_REFERENCES=1 trains the models of each seed; leave TARGET_MODEL and REFERENCE_SEED unset"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 SAVE="docs/results/muse-$DATA_TAG.json"
 [[ -e "$SAVE" ]] && die muse "$SAVE exists; move it away first"
@@ -18,12 +25,20 @@ for row in "ga_rt ga_rt" "npo_rt npo_rt" "simnpo_rt simnpo_rt" "undial undial" "
   read -r name method overrides <<<"$row"
   for seed in "${SEEDS_LIST[@]}"; do
     run="saves/muse/$name-$DATA_TAG-$STAMP-seed$seed"
+    [[ "$PER_SEED_REFERENCES" == 1 ]] && export REFERENCE_SEED="$seed"
     # shellcheck disable=SC2086  # the overrides are separate key=value words
     RUN_NAME="$name" RUN_DIR="$run" bash "scripts/custom/run_${method}_muse.sh" seed="$seed" $overrides >&2
     results+=("$run/muse_eval/muse_results.json")
   done
 done
-muse_prepare
+# The reference models' seeds: each seed's own pair, or the one pair every run unlearned from ("": the YAMLs' seed).
+reference_seeds=("${REFERENCE_SEED:-}")
+[[ "$PER_SEED_REFERENCES" == 1 ]] && reference_seeds=("${SEEDS_LIST[@]}")
+references=()
+for REFERENCE_SEED in "${reference_seeds[@]}"; do
+  muse_prepare  # each driver prepared them already: this finds them in the cache
+  references+=("$(muse_eval_cached "$TARGET" target)" "$(muse_eval_cached "$RETRAIN" retrain)")
+done
 mkdir -p docs/results
-"$CLI" muse table "$(muse_eval_cached "$TARGET" target)" "$(muse_eval_cached "$RETRAIN" retrain)" "${results[@]}" \
-  --save "$SAVE" --note "Produced by \`MUSE_DATA=$MUSE_DATA RECIPE=$RECIPE SEEDS=\"${SEEDS_LIST[*]}\" bash scripts/custom/run_all_muse.sh\` (defaults, each method once per seed)."
+"$CLI" muse table "${references[@]}" "${results[@]}" \
+  --save "$SAVE" --note "Produced by \`MUSE_DATA=$MUSE_DATA RECIPE=$RECIPE SEEDS=\"${SEEDS_LIST[*]}\" PER_SEED_REFERENCES=$PER_SEED_REFERENCES bash scripts/custom/run_all_muse.sh\` (defaults, each method once per seed)."

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unilogit.atomic import atomic_folder
+from unilogit.atomic import atomic_folder, atomic_write_text
 from unilogit.config import PREPARED_MARKER, load_config
 from unilogit.errors import ConfigError
 from unilogit.fingerprint import fingerprint
@@ -59,8 +59,12 @@ def prepare_model(name: str, config_path: str | Path, overrides: list[str] | Non
     config = load_config(argv)
     config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
     target = cache_dir() / "prepared" / f"{name}-{cache_key(config)}"
-    if (target / PREPARED_MARKER).is_file():
+    marker_path = target / PREPARED_MARKER
+    if marker_path.is_file():
         print(f"[unilogit] {name}: reusing {target}", file=sys.stderr)
+        marker = json.loads(marker_path.read_text())
+        if "seed" not in marker:  # prepared before markers recorded the seed, which the evaluation rows now carry
+            atomic_write_text(marker_path, json.dumps({**marker, "seed": config.get("seed")}))
         return target
     print(f"[unilogit] {name}: training with {config_path} into {target}", file=sys.stderr)
     with atomic_folder(target, PREPARED_MARKER) as tmp:
