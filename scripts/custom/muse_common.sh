@@ -62,7 +62,7 @@ fi
 if [[ -n "${REFERENCE_SEED:-}" ]]; then
   [[ "$REFERENCE_SEED" =~ ^[0-9]+$ ]] || die muse "REFERENCE_SEED=$REFERENCE_SEED; use a non-negative integer seed"
   [[ -z "${TARGET_MODEL:-}" ]] ||
-    die muse "REFERENCE_SEED trains the target and retrain models; leave it unset with TARGET_MODEL and RETRAIN_MODEL"
+    die muse "REFERENCE_SEED trains the target and retrain models; leave it unset with given or released ones (TARGET_MODEL, news, books)"
 fi
 EVAL_ARGS=(--data "$EVAL_DATA")
 [[ -n "${MAX_EXAMPLES:-}" ]] && EVAL_ARGS+=(--max-examples "$MAX_EXAMPLES")
