@@ -119,6 +119,12 @@ def test_drivers_keep_the_effective_batch_on_any_process_count(ngpus: int) -> No
         ({"MUSE_DATA": "data/muse_mini", "TARGET_MODEL": "a/b"}, "muse: error: give both TARGET_MODEL and"),
         ({"REFERENCE_SEED": "4x"}, "muse: error: REFERENCE_SEED=4x; use a non-negative integer seed"),
         ({"REFERENCE_SEED": "43", "TARGET_MODEL": "a/b", "RETRAIN_MODEL": "a/c"}, "muse: error: REFERENCE_SEED trains"),
+        ({"REFERENCE_OVERRIDES": "epochs20"}, "muse: error: REFERENCE_OVERRIDES: epochs20 is not key=value"),
+        ({"REFERENCE_OVERRIDES": "seed=3"}, "muse: error: REFERENCE_OVERRIDES: set the reference models' seed with"),
+        (
+            {"REFERENCE_OVERRIDES": "num_train_epochs=20", "TARGET_MODEL": "a/b", "RETRAIN_MODEL": "a/c"},
+            "muse: error: REFERENCE_OVERRIDES trains",
+        ),
         ({"RUN_DIR": "data"}, "muse: error: data exists; choose another RUN_DIR"),
     ],
 )
@@ -126,6 +132,28 @@ def test_muse_driver_bad_input_is_one_line_and_exit_2(env: dict[str, str], messa
     done = _bash("bash scripts/custom/run_npo_rt_muse.sh", env)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith(message), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "arguments"),
+    [
+        ({}, "muse prepare bf16=false"),
+        ({"REFERENCE_SEED": "43"}, "muse prepare bf16=false seed=43"),
+        (
+            {"REFERENCE_OVERRIDES": " num_train_epochs=20  learning_rate=1e-3 ", "REFERENCE_SEED": "44"},
+            "muse prepare bf16=false num_train_epochs=20 learning_rate=1e-3 seed=44",
+        ),
+    ],
+)
+def test_the_drivers_prepare_the_reference_models_as_asked(env: dict[str, str], arguments: str) -> None:
+    # The CLI replaced by a function that answers with its arguments: what `muse prepare` would be given.
+    script = (
+        'source scripts/custom/muse_common.sh; echo_args() { echo "target=$*"; }; CLI=echo_args; muse_prepare; '
+        'echo "$TARGET"'
+    )
+    done = _bash(script, {"BF16": "false", **env})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == arguments
 
 
 @pytest.mark.parametrize(

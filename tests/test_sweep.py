@@ -117,6 +117,12 @@ def _method(**changes) -> dict:
         ({"benchmark": "tofu"}, "benchmark: 'tofu' is not valid; allowed values: muse | rwku"),
         ({"model": "m"}, "model is for rwku sweeps"),
         ({"target_model": "m"}, "give both target_model and retrain_model"),
+        ({"reference_overrides": "num_train_epochs=20"}, "reference_overrides: must be a list of key=value"),
+        ({"reference_overrides": ["num_train_epochs 20"]}, "reference_overrides: must be a list of key=value"),
+        (
+            {"target_model": "t", "retrain_model": "r", "reference_overrides": ["num_train_epochs=20"]},
+            "reference_overrides trains the target and retrain models; leave it out with target_model",
+        ),
         ({"methods": {"target": _method()["a"]}}, "'target' names the sweep's reference models"),
         ({"methods": _method(overrides=["npo_bta=1"])}, "methods.a.overrides: unknown config key 'npo_bta'"),
         ({"methods": _method(overrides=["learning_rate=1"])}, "methods.a: learning_rate is in its overrides and in"),
@@ -217,6 +223,8 @@ def test_the_commands_of_a_point(tmp_path: Path) -> None:
 
     rwku = {"benchmark": "rwku", "output": "o", "model": "M", "eval_args": ["--targets", "1-2", "--batch"],
             "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4]}}}}  # fmt: skip
+    with pytest.raises(ConfigError, match="reference_overrides are for muse sweeps; rwku sweeps take model"):
+        load_sweep(_write(tmp_path / "r.yaml", {**rwku, "reference_overrides": ["num_train_epochs=20"]}))
     sweep = load_sweep(_write(tmp_path / "r.yaml", rwku))
     [run] = point_commands(sweep, sweep.points[0], {"model": "M"}, 42, Path("o/ga/learning_rate=0.0003/seed42-k"))
     assert run[3:] == ["rwku", "run", RWKU_GA, "--output", "o/ga/learning_rate=0.0003/seed42-k/run", "--name", "ga",
@@ -643,7 +651,12 @@ def test_a_sweep_on_a_local_muse_folder_trains_on_that_folder(tmp_path: Path, mo
         "target": "T", "retrain": "R"}  # fmt: skip
     assert MUSE.resolve_models({"target_model": None, "retrain_model": None}, [], "data/muse_mini") == {
         "target": "T", "retrain": "R"}  # fmt: skip
-    assert prepared == [["--data", str(folder), "bf16=false"], []]
+    given = load_sweep(_write(tmp_path / "r.yaml", _muse_sweep(reference_overrides=["num_train_epochs=20", "seed=43"])))
+    assert given.models["reference_overrides"] == "num_train_epochs=20 seed=43"
+    assert MUSE.resolve_models(given.models, ["bf16=false", "npo_beta=1"], "data/muse_mini") == {
+        "target": "T", "retrain": "R"}  # fmt: skip
+    # The sweep's shared overrides (less the unlearning keys), then its reference_overrides.
+    assert prepared == [["--data", str(folder), "bf16=false"], [], ["bf16=false", "num_train_epochs=20", "seed=43"]]
     embedded = load_sweep(_write(tmp_path / "e.yaml", _muse_sweep()))
     train = point_commands(embedded, point, {"target": "T", "retrain": "R"}, 42, tmp_path)[0]
     assert not any(arg.startswith("dataset") for arg in train)

@@ -10,6 +10,8 @@
 #                  (`unilogit muse prepare [--data FOLDER]`)
 #   REFERENCE_SEED the training seed of the prepared target and retrain models (`muse prepare seed=N`; default:
 #                  their YAMLs' 42); not with TARGET_MODEL/RETRAIN_MODEL, which are trained already
+#   REFERENCE_OVERRIDES  key=value words for the prepared target and retrain models (`muse prepare`), e.g.
+#                  "num_train_epochs=20" (the published mini table's; default: none); not with TARGET_MODEL
 #   TOKENIZER      the tokenizer folder or hub id for models that ship none, for evaluation and unlearning
 #                  (default for news/books: meta-llama/Llama-2-7b-hf, as MUSE)
 #   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN); the
@@ -64,6 +66,13 @@ if [[ -n "${REFERENCE_SEED:-}" ]]; then
   [[ -z "${TARGET_MODEL:-}" ]] ||
     die muse "REFERENCE_SEED trains the target and retrain models; leave it unset with given or released ones (TARGET_MODEL, news, books)"
 fi
+read -ra REFERENCE_OVERRIDES_LIST <<<"${REFERENCE_OVERRIDES:-}"
+for item in "${REFERENCE_OVERRIDES_LIST[@]}"; do
+  [[ "$item" == ?*=* ]] || die muse "REFERENCE_OVERRIDES: $item is not key=value; write e.g. REFERENCE_OVERRIDES=\"num_train_epochs=20\""
+  [[ "$item" != seed=* ]] || die muse "REFERENCE_OVERRIDES: set the reference models' seed with REFERENCE_SEED, not seed="
+done
+[[ -z "${REFERENCE_OVERRIDES_LIST[*]}" || -z "${TARGET_MODEL:-}" ]] ||
+  die muse "REFERENCE_OVERRIDES trains the target and retrain models; leave it unset with given or released ones (TARGET_MODEL, news, books)"
 EVAL_ARGS=(--data "$EVAL_DATA")
 [[ -n "${MAX_EXAMPLES:-}" ]] && EVAL_ARGS+=(--max-examples "$MAX_EXAMPLES")
 [[ -n "${TOKENIZER:-}" ]] && EVAL_ARGS+=(--tokenizer "$TOKENIZER")
@@ -78,7 +87,8 @@ muse_prepare() {
   fi
   local out data=()
   [[ "$MUSE_DATA" != mini ]] && data=(--data "$EVAL_DATA")
-  out="$("$CLI" muse prepare "${data[@]}" bf16="$BF16" ${REFERENCE_SEED:+seed="$REFERENCE_SEED"})"
+  out="$("$CLI" muse prepare "${data[@]}" bf16="$BF16" "${REFERENCE_OVERRIDES_LIST[@]}" \
+    ${REFERENCE_SEED:+seed="$REFERENCE_SEED"})"
   TARGET="$(sed -n 's/^target=//p' <<<"$out")"
   RETRAIN="$(sed -n 's/^retrain=//p' <<<"$out")"
 }

@@ -6,7 +6,7 @@
 # unlearn the target trained with seed S (REFERENCE_SEED=S, with its own retrained model for PrivLeak and the KL),
 # and the target and retrain rows get means and intervals over those models too. Unilogit's two ablations run
 # beside it (the paper's θ_o target, unilogit_target=initial, and forward KL, unilogit_divergence=forward).
-# Environment: SEEDS, PER_SEED_REFERENCES, and see muse_common.sh.
+# Environment: SEEDS, PER_SEED_REFERENCES, and see muse_common.sh (REFERENCE_OVERRIDES: how the models are trained).
 source "$(dirname "${BASH_SOURCE[0]}")/muse_common.sh"
 read_seeds muse
 PER_SEED_REFERENCES="${PER_SEED_REFERENCES:-0}"
@@ -41,4 +41,4 @@ for REFERENCE_SEED in "${reference_seeds[@]}"; do
 done
 mkdir -p docs/results
 "$CLI" muse table "${references[@]}" "${results[@]}" \
-  --save "$SAVE" --note "Produced by \`MUSE_DATA=$MUSE_DATA RECIPE=$RECIPE SEEDS=\"${SEEDS_LIST[*]}\" PER_SEED_REFERENCES=$PER_SEED_REFERENCES bash scripts/custom/run_all_muse.sh\` (defaults, each method once per seed)."
+  --save "$SAVE" --note "Produced by \`MUSE_DATA=$MUSE_DATA RECIPE=$RECIPE SEEDS=\"${SEEDS_LIST[*]}\" PER_SEED_REFERENCES=$PER_SEED_REFERENCES${REFERENCE_OVERRIDES:+ REFERENCE_OVERRIDES=\"$REFERENCE_OVERRIDES\"} bash scripts/custom/run_all_muse.sh\` (defaults, each method once per seed)."

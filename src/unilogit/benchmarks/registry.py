@@ -61,7 +61,7 @@ class Benchmark:
     eval_folder: str  # where `unilogit eval NAME --model M` writes without --output: M/eval_folder
     takes_retrain: bool  # whether `eval NAME` takes --retrain (the web UI passes it on)
     references: Mapping[str, str]  # a sweep's reference rows (evaluated models), with their Pareto-plot marker
-    model_keys: tuple[str, ...]  # the sweep-file keys that name its models (target_model, model, ...)
+    model_keys: tuple[str, ...]  # the sweep-file keys that name its models, or how to prepare them (target_model, ...)
     models: tuple[str, ...]  # the sweep's models as its commands and {placeholders} name them
     reserved_keys: tuple[str, ...]  # config keys the sweep sets per point, refused in grids and overrides
     point_output: str  # the subfolder of a point that holds its results_json
@@ -110,10 +110,21 @@ class Benchmark:
 
 
 def _muse_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
-    """Both of target_model and retrain_model, or neither (then :func:`_muse_models` prepares them)."""
+    """Both of target_model and retrain_model, or neither (then :func:`_muse_models` prepares them, with the
+    ``reference_overrides`` list of key=value, kept as one space-separated string)."""
     if ("target_model" in data) != ("retrain_model" in data):
         raise ConfigError("give both target_model and retrain_model, or neither (then they are prepared)")
-    return {key: None if data.get(key) is None else str(data[key]) for key in ("target_model", "retrain_model")}
+    models = {key: None if data.get(key) is None else str(data[key]) for key in ("target_model", "retrain_model")}
+    given = data.get("reference_overrides")
+    if given is None:
+        return {**models, "reference_overrides": None}
+    if models["target_model"]:
+        raise ConfigError("reference_overrides trains the target and retrain models; leave it out with target_model")
+    items = [str(item) for item in given] if isinstance(given, list) else []
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip() or " " in item]
+    if not isinstance(given, list) or bad:
+        raise ConfigError("reference_overrides: must be a list of key=value, e.g. [num_train_epochs=20]")
+    return {**models, "reference_overrides": " ".join(items)}
 
 
 def _is_embedded_muse(data: str) -> bool:
@@ -132,8 +143,9 @@ def _muse_models(given: Mapping[str, str | None], overrides: list[str], data: st
 
     # The pt stage that trains target and retrain has no unlearning keys.
     shared = [item for item in overrides if item.split("=", 1)[0].strip() not in unlearning_keys()]
+    own = (given.get("reference_overrides") or "").split()
     local = [] if _is_embedded_muse(data) else ["--data", data]
-    return {name: str(path) for name, path in prepare([*local, *shared]).items()}
+    return {name: str(path) for name, path in prepare([*local, *shared, *own]).items()}
 
 
 def _muse_data_overrides(data: str) -> list[str]:
@@ -181,7 +193,7 @@ MUSE = Benchmark(
     eval_folder="muse_eval",
     takes_retrain=True,
     references={"target": "x", "retrain": "*"},
-    model_keys=("target_model", "retrain_model"),
+    model_keys=("target_model", "retrain_model", "reference_overrides"),
     models=("target", "retrain"),
     reserved_keys=("model_name_or_path", "output_dir"),
     point_output="eval",

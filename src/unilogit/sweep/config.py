@@ -10,6 +10,7 @@ A sweep file is YAML with these keys (``benchmark``, ``output`` and ``methods`` 
     seeds: [42, 43, 44]             # the training seeds: every point runs once per seed (default [42])
     target_model: M                 # muse only, with retrain_model: use these instead of `unilogit muse prepare`
     retrain_model: M
+    reference_overrides: [k=v, ...] # muse only, without them: for `unilogit muse prepare`, e.g. [num_train_epochs=20]
     model: M                        # rwku only: the original model (default smollm2-135m-instruct)
     methods:
       NAME: {config: CONFIG.yaml, grid: {key: [v1, v2, ...], ...}, overrides: [key=value, ...]}
