@@ -161,6 +161,8 @@ def test_the_drivers_prepare_the_reference_models_as_asked(env: dict[str, str], 
     [
         ({"PER_SEED_REFERENCES": "yes"}, "muse: error: PER_SEED_REFERENCES=yes; use 1 (a target and retrain model"),
         ({"PER_SEED_REFERENCES": "1", "REFERENCE_SEED": "7"}, "muse: error: PER_SEED_REFERENCES=1 trains the models"),
+        ({"JOBS": "two"}, "muse: error: JOBS=two; use a whole number of drivers at once"),
+        ({"JOBS": "0"}, "muse: error: JOBS=0; use a whole number of drivers at once"),
     ],
 )
 def test_run_all_muse_bad_input_is_one_line_and_exit_2(env: dict[str, str], message: str) -> None:
