@@ -336,3 +336,18 @@ def test_evaluate_muse_end_to_end(tiny, tmp_path: Path) -> None:
     lines = table.splitlines()
     assert lines[0] == "| model | VerbMem_f | KnowMem_f | KnowMem_r | PrivLeak | KL to retrain |"
     assert lines[2].startswith("| target | ") and lines[3].startswith("| self | n/a | n/a | n/a | 0.0 | 0.0000 |")
+
+
+def test_the_gap_table_gives_each_runs_share_of_the_target_retrain_gaps(tmp_path: Path) -> None:
+    target = {"verbmem_f": 60.0, "knowmem_f": 40.0, "knowmem_r": 30.0, "privleak": -100.0, "kl_to_retrain": 2.0}
+    retrain = {"verbmem_f": 20.0, "knowmem_f": 0.0, "knowmem_r": 20.0, "privleak": 0.0, "kl_to_retrain": 0.0}
+    run = {"verbmem_f": 30.0, "knowmem_f": 30.0, "knowmem_r": 27.0, "privleak": -90.0, "kl_to_retrain": 1.0}
+    unscored = {**run, "verbmem_f": None}
+    results = {"target": target, "retrain": retrain, "run": run, "unscored": unscored}
+    gaps = muse.format_gap_table(results).splitlines()
+    assert gaps[0] == "| model | VerbMem_f gap closed | KnowMem_f gap closed | KnowMem_r kept |"
+    assert gaps[2:4] == ["| run | 75% | 25% | 90% |", "| unscored | n/a | 25% | 90% |"]
+    assert muse.format_gap_table({"run": run, "retrain": retrain}) == ""  # no target: no gaps
+    write_results(results, tmp_path / "muse.json", tmp_path / "muse.md", note="Made by a test.")
+    md = (tmp_path / "muse.md").read_text()
+    assert md == f"Made by a test.\n\n{format_muse_table(results)}" and "| run | 75% | 25% | 90% |" in md

@@ -664,7 +664,8 @@ def test_a_sweep_on_a_local_muse_folder_trains_on_that_folder(tmp_path: Path, mo
 
 def test_a_validation_sweep_names_each_methods_chosen_point(tmp_path: Path) -> None:
     """The rule: the most gap closed among points keeping 90% of the target's KnowMem_r, else the most KnowMem_r."""
-    from unilogit.sweep.pareto import choose_points, gap_closed
+    from unilogit.evaluation.muse import gap_closed
+    from unilogit.sweep.pareto import choose_points
 
     target = {"verbmem_f": 60.0, "knowmem_f": 40.0, "knowmem_r": 30.0}
     retrain = {"verbmem_f": 20.0, "knowmem_f": 0.0, "knowmem_r": 20.0}

@@ -41,7 +41,7 @@ from unilogit.evaluation.common import (
 )
 from unilogit.evaluation.divergence import mean_token_kl
 from unilogit.evaluation.mia import auc, min_k_score, privleak
-from unilogit.evaluation.results import format_metrics_table, write_metrics
+from unilogit.evaluation.results import format_metrics_table, markdown_table, write_metrics
 from unilogit.evaluation.text_overlap import rouge_l_f1
 
 # --------------------------------------------------------------------------------------------- data
@@ -413,11 +413,50 @@ TABLE_COLUMNS = (
 )
 
 
+# The forget metrics whose target–retrain gap an unlearning run should close.
+FORGET_GAPS = (("VerbMem_f", "verbmem_f"), ("KnowMem_f", "knowmem_f"))
+GAP_LEGEND = (
+    "Gap closed = (target − model) / (target − retrain) on the means: 100% at the retrained model's score, 0% at "
+    "the target's. KnowMem_r kept = the model's KnowMem_r / the target's."
+)
+
+
+def gap_closed(row: Mapping[str, Any], target: Mapping[str, Any], retrain: Mapping[str, Any], key: str) -> float:
+    """The share of the target–retrain gap of forget metric ``key`` that ``row`` closes: (target − row) /
+    (target − retrain); 1 at the retrained model's score, 0 at the target's."""
+    return (target[key] - row[key]) / (target[key] - retrain[key])
+
+
+def format_gap_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per row other than the target and retrain models: the share of each forget gap it closes
+    (:func:`gap_closed`) and the share of the target's KnowMem_r it keeps; "" without both reference rows."""
+    target, retrain = results.get("target"), results.get("retrain")
+    if not target or not retrain:
+        return ""
+    rows = []
+    for name, row in results.items():
+        if name in ("target", "retrain"):
+            continue
+        cells = [name]
+        for _, key in FORGET_GAPS:
+            known = None not in (row[key], target[key], retrain[key]) and target[key] != retrain[key]
+            cells.append(f"{gap_closed(row, target, retrain, key):.0%}" if known else "n/a")
+        known = row["knowmem_r"] is not None and bool(target["knowmem_r"])
+        cells.append(f"{row['knowmem_r'] / target['knowmem_r']:.0%}" if known else "n/a")
+        rows.append(cells)
+    header = ["model", *(f"{title} gap closed" for title, _ in FORGET_GAPS), "KnowMem_r kept"]
+    return f"{markdown_table(header, rows).rstrip()}\n\n{GAP_LEGEND}\n" if rows else ""
+
+
 def format_muse_table(results: dict[str, dict]) -> str:
-    """A Markdown table: one row per model name, columns VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak, KL."""
-    return format_metrics_table(results, TABLE_COLUMNS)
+    """A Markdown table: one row per model name, columns VerbMem_f, KnowMem_f, KnowMem_r, PrivLeak, KL; then,
+    with target and retrain rows, :func:`format_gap_table`."""
+    gaps = format_gap_table(results)
+    table = format_metrics_table(results, TABLE_COLUMNS)
+    return f"{table.rstrip()}\n\n{gaps}" if gaps else table
 
 
 def write_results(results: dict[str, dict], json_path: str | Path, md_path: str | Path, note: str = "") -> None:
-    """Write ``results`` (model name -> :func:`evaluate_muse` dict) with the MUSE table (:func:`write_metrics`)."""
-    write_metrics(results, json_path, md_path, TABLE_COLUMNS, note)
+    """Write ``results`` (model name -> :func:`evaluate_muse` dict) with the MUSE table (:func:`write_metrics`)
+    and its gap table (:func:`format_gap_table`)."""
+    write_metrics(results, json_path, md_path, TABLE_COLUMNS, note, after=format_gap_table(results))

@@ -65,11 +65,18 @@ def format_metrics_table(results: Mapping[str, Mapping[str, Any]], columns: Colu
 
 
 def write_metrics(
-    results: Mapping[str, Any], json_path: str | Path, md_path: str | Path, columns: Columns, note: str = ""
+    results: Mapping[str, Any],
+    json_path: str | Path,
+    md_path: str | Path,
+    columns: Columns,
+    note: str = "",
+    after: str = "",
 ) -> None:
     """Write ``results`` (name -> metrics) as JSON and as :func:`format_metrics_table`, each atomically.
 
-    ``note`` (e.g. the command that produced the results) goes above the Markdown table.
+    ``note`` (e.g. the command that produced the results) goes above the Markdown table, ``after`` below it.
     """
     atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
-    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + format_metrics_table(results, columns))
+    table = format_metrics_table(results, columns)
+    table = f"{table.rstrip()}\n\n{after}" if after else table
+    atomic_write_text(md_path, (f"{note}\n\n" if note else "") + table)

@@ -274,17 +274,12 @@ SELECTION_RULE = (
 )
 
 
-def gap_closed(row: dict[str, Any], target: dict[str, Any], retrain: dict[str, Any], key: str) -> float:
-    """The share of the target–retrain gap of forget metric ``key`` that ``row`` closes: (target − row) /
-    (target − retrain); 1 at the retrained model's score, 0 at the target's."""
-    return (target[key] - row[key]) / (target[key] - retrain[key])
-
-
 def choose_points(points: list[dict[str, Any]], target: dict[str, Any], retrain: dict[str, Any]) -> dict[str, Any]:
     """Per method (in order of first appearance), its point chosen by :data:`SELECTION_RULE` on MUSE rows."""
+    from unilogit.evaluation.muse import FORGET_GAPS, gap_closed
 
     def closed(row: dict[str, Any]) -> float:
-        return sum(gap_closed(row, target, retrain, key) for key in ("verbmem_f", "knowmem_f"))
+        return sum(gap_closed(row, target, retrain, key) for _, key in FORGET_GAPS)
 
     chosen = {}
     for method in dict.fromkeys(row["method"] for row in points):
