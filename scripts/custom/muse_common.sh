@@ -11,7 +11,7 @@
 #   REFERENCE_SEED the training seed of the prepared target and retrain models (`muse prepare seed=N`; default:
 #                  their YAMLs' 42); not with TARGET_MODEL/RETRAIN_MODEL, which are trained already
 #   REFERENCE_OVERRIDES  key=value words for the prepared target and retrain models (`muse prepare`), e.g.
-#                  "num_train_epochs=20" (the published mini table's; default: none); not with TARGET_MODEL
+#                  "num_train_epochs=20" (docs/MUSE.md, "The mini benchmark"; default: none); not with TARGET_MODEL
 #   TOKENIZER      the tokenizer folder or hub id for models that ship none, for evaluation and unlearning
 #                  (default for news/books: meta-llama/Llama-2-7b-hf, as MUSE)
 #   NGPUS          >1: run unlearning under torchrun with NGPUS processes (llamafactory's FORCE_TORCHRUN); the
