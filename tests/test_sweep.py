@@ -705,3 +705,11 @@ def test_selection_is_validation_or_nothing(tmp_path: Path, selection: str) -> N
             "methods": {"ga": {"config": RWKU_GA, "grid": {"learning_rate": [3e-4]}}}}  # fmt: skip
     with pytest.raises(ConfigError, match="selection: validation is for muse sweeps"):
         load_sweep(_write(tmp_path / "r.yaml", rwku))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_loads(path: Path) -> None:
+    sweep = load_sweep(path)
+    assert sweep.points and (sweep.validation or "validation" not in path.name)
+    if path.name == "muse_mini_validation_20ep.yaml":  # its reference models train 20 epochs, the others' 6
+        assert sweep.models["reference_overrides"] == "num_train_epochs=20"
