@@ -346,8 +346,8 @@ def test_the_gap_table_gives_each_runs_share_of_the_target_retrain_gaps(tmp_path
     results = {"target": target, "retrain": retrain, "run": run, "unscored": unscored}
     gaps = muse.format_gap_table(results).splitlines()
     assert gaps[0] == "| model | VerbMem_f gap closed | KnowMem_f gap closed | KnowMem_r kept |"
-    assert gaps[2:4] == ["| run | 75% | 25% | 90% |", "| unscored | n/a | 25% | 90% |"]
+    assert gaps[2:4] == ["| run | 75.0% | 25.0% | 90.0% |", "| unscored | n/a | 25.0% | 90.0% |"]
     assert muse.format_gap_table({"run": run, "retrain": retrain}) == ""  # no target: no gaps
     write_results(results, tmp_path / "muse.json", tmp_path / "muse.md", note="Made by a test.")
     md = (tmp_path / "muse.md").read_text()
-    assert md == f"Made by a test.\n\n{format_muse_table(results)}" and "| run | 75% | 25% | 90% |" in md
+    assert md == f"Made by a test.\n\n{format_muse_table(results)}" and "| run | 75.0% | 25.0% | 90.0% |" in md

@@ -437,12 +437,12 @@ def format_gap_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     for name, row in results.items():
         if name in ("target", "retrain"):
             continue
-        cells = [name]
+        cells = [name]  # one decimal, so that 49.5% does not read as the 50% of a bar
         for _, key in FORGET_GAPS:
             known = None not in (row[key], target[key], retrain[key]) and target[key] != retrain[key]
-            cells.append(f"{gap_closed(row, target, retrain, key):.0%}" if known else "n/a")
+            cells.append(f"{gap_closed(row, target, retrain, key):.1%}" if known else "n/a")
         known = row["knowmem_r"] is not None and bool(target["knowmem_r"])
-        cells.append(f"{row['knowmem_r'] / target['knowmem_r']:.0%}" if known else "n/a")
+        cells.append(f"{row['knowmem_r'] / target['knowmem_r']:.1%}" if known else "n/a")
         rows.append(cells)
     header = ["model", *(f"{title} gap closed" for title, _ in FORGET_GAPS), "KnowMem_r kept"]
     return f"{markdown_table(header, rows).rstrip()}\n\n{GAP_LEGEND}\n" if rows else ""
