@@ -118,7 +118,9 @@ def _method(**changes) -> dict:
         ({"model": "m"}, "model is for rwku sweeps"),
         ({"target_model": "m"}, "give both target_model and retrain_model"),
         ({"reference_overrides": "num_train_epochs=20"}, "reference_overrides: must be a list of key=value"),
-        ({"reference_overrides": ["num_train_epochs 20"]}, "reference_overrides: must be a list of key=value"),
+        ({"reference_overrides": ["num_train_epochs 20"]}, "'num_train_epochs 20' is not key=value; write e.g. num_"),
+        ({"reference_overrides": ["num_train_epochs= 20"]}, "'num_train_epochs= 20' holds a space; write key=value"),
+        ({"overrides": "bf16=false"}, "overrides: must be a list of key=value, e.g. [bf16=false]"),
         (
             {"target_model": "t", "retrain_model": "r", "reference_overrides": ["num_train_epochs=20"]},
             "reference_overrides trains the target and retrain models; leave it out with target_model",

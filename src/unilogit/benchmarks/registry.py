@@ -120,10 +120,12 @@ def _muse_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
         return {**models, "reference_overrides": None}
     if models["target_model"]:
         raise ConfigError("reference_overrides trains the target and retrain models; leave it out with target_model")
-    items = [str(item) for item in given] if isinstance(given, list) else []
-    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip() or " " in item]
-    if not isinstance(given, list) or bad:
-        raise ConfigError("reference_overrides: must be a list of key=value, e.g. [num_train_epochs=20]")
+    from unilogit.sweep.config import key_values
+
+    items = key_values("reference_overrides", given, example="num_train_epochs=20")
+    spaced = [item for item in items if " " in item]
+    if spaced:  # the items travel as one space-separated string
+        raise ConfigError(f"reference_overrides: {spaced[0]!r} holds a space; write key=value with none")
     return {**models, "reference_overrides": " ".join(items)}
 
 

@@ -231,11 +231,15 @@ def _strings(where: str, value: Any) -> list[str]:
     return [format_value(v) for v in value]
 
 
-def _key_values(where: str, value: Any) -> list[str]:
+def key_values(where: str, value: Any, example: str = "bf16=false") -> list[str]:
+    """A sweep file's list of ``key=value`` items (``None`` for none), as strings; anything else is refused in
+    one line naming ``where`` and showing ``example``."""
+    if value is not None and not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list of key=value, e.g. [{example}]")
     items = _strings(where, value)
     bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
     if bad:
-        raise ConfigError(f"{where}: {bad[0]!r} is not key=value; write e.g. bf16=false")
+        raise ConfigError(f"{where}: {bad[0]!r} is not key=value; write e.g. {example}")
     return items
 
 
@@ -301,7 +305,7 @@ def _method(path: Path, name: Any, spec: Any, benchmark: Benchmark) -> SweepMeth
             raise ConfigError(f"{where}.grid.{key}: values must be numbers, strings or booleans")
         _check_config_key(f"{where}.grid", str(key), keys, benchmark)
         grid[str(key)] = [_number(v) for v in values]
-    overrides = _key_values(f"{where}.overrides", spec.get("overrides"))
+    overrides = key_values(f"{where}.overrides", spec.get("overrides"))
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         _check_config_key(f"{where}.overrides", key, keys, benchmark)
@@ -341,7 +345,7 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
     methods: dict[str, SweepMethod] = {}
     for name, spec in _mapping(f"{path}: methods", data["methods"]).items():
         methods[name] = _method(path, name, spec, benchmark)
-    overrides = _key_values(f"{path}: overrides", data.get("overrides"))
+    overrides = key_values(f"{path}: overrides", data.get("overrides"))
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         for method in methods.values():
@@ -405,7 +409,7 @@ def _apply_quick(path: Path, sweep: Sweep, quick: Any) -> None:
     count = quick.get("points_per_method")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"{path}: quick.points_per_method: {count!r} is not a whole number >= 1")
-    sweep.quick_overrides = _key_values(f"{path}: quick.overrides", quick.get("overrides"))
+    sweep.quick_overrides = key_values(f"{path}: quick.overrides", quick.get("overrides"))
     for item in sweep.quick_overrides:
         key = item.split("=", 1)[0].strip()
         for method in sweep.methods.values():
