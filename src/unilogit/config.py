@@ -305,3 +305,36 @@ def cpu_has_fp16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
         return False
+
+
+# --- lists in config files (the sweeps' and the benchmarks' keys) ----------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A grid value as written in ``key=value`` overrides and point ids (``true``, ``null``, ``0.001``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def string_list(where: str, value: Any) -> list[str]:
+    """A config file's list of plain values (``None`` for none) as strings, in :func:`format_value`'s form."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(isinstance(v, dict | list) or v is None for v in value):
+        raise ConfigError(f'{where}: must be a list of strings, e.g. ["--max-examples", "4"]')
+    return [format_value(v) for v in value]
+
+
+def key_values(where: str, value: Any, example: str = "bf16=false") -> list[str]:
+    """A config file's list of ``key=value`` items (``None`` for none), as strings; anything else is refused in
+    one line naming ``where`` and showing ``example``."""
+    if value is not None and not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list of key=value, e.g. [{example}]")
+    items = string_list(where, value)
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
+    if bad:
+        raise ConfigError(f"{where}: {bad[0]!r} is not key=value; write e.g. {example}")
+    return items

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unilogit.config import key_values
 from unilogit.errors import ConfigError
 
 
@@ -120,8 +121,6 @@ def _muse_read_models(data: Mapping[str, Any]) -> dict[str, str | None]:
         return {**models, "reference_overrides": None}
     if models["target_model"]:
         raise ConfigError("reference_overrides trains the target and retrain models; leave it out with target_model")
-    from unilogit.sweep.config import key_values
-
     items = key_values("reference_overrides", given, example="num_train_epochs=20")
     spaced = [item for item in items if " " in item]
     if spaced:  # the items travel as one space-separated string

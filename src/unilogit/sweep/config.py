@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from unilogit.benchmarks.registry import BENCHMARKS, Benchmark
-from unilogit.config import load_config, nearest_key
+from unilogit.config import format_value, key_values, load_config, nearest_key, string_list
 from unilogit.errors import ConfigError, first_line
 from unilogit.stage.args import unlearning_keys
 
@@ -50,15 +50,6 @@ QUICK_SUFFIX = "-quick"
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 # PyYAML reads 5e-4 (an exponent without a dot) as a string; OmegaConf and every user read it as a number.
 _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def format_value(value: Any) -> str:
-    """A grid value as written in ``key=value`` overrides and point ids (``true``, ``null``, ``0.001``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -223,26 +214,6 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def _strings(where: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or any(isinstance(v, dict | list) or v is None for v in value):
-        raise ConfigError(f'{where}: must be a list of strings, e.g. ["--max-examples", "4"]')
-    return [format_value(v) for v in value]
-
-
-def key_values(where: str, value: Any, example: str = "bf16=false") -> list[str]:
-    """A sweep file's list of ``key=value`` items (``None`` for none), as strings; anything else is refused in
-    one line naming ``where`` and showing ``example``."""
-    if value is not None and not isinstance(value, list):
-        raise ConfigError(f"{where}: must be a list of key=value, e.g. [{example}]")
-    items = _strings(where, value)
-    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
-    if bad:
-        raise ConfigError(f"{where}: {bad[0]!r} is not key=value; write e.g. {example}")
-    return items
-
-
 def _seeds(where: str, value: Any) -> list[int]:
     if value is None:
         return list(DEFAULT_SEEDS)
@@ -368,7 +339,7 @@ def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
         output=Path(str(data["output"])),
         data=str(data.get("data") or benchmark.default_data),
         overrides=overrides,
-        eval_args=_strings(f"{path}: eval_args", data.get("eval_args")),
+        eval_args=string_list(f"{path}: eval_args", data.get("eval_args")),
         methods=methods,
         models=models,
         seeds=_seeds(f"{path}: seeds", data.get("seeds")),
@@ -418,5 +389,5 @@ def _apply_quick(path: Path, sweep: Sweep, quick: Any) -> None:
     sweep.points_per_method = count
     if "seeds" in quick:
         sweep.seeds = _seeds(f"{path}: quick.seeds", quick["seeds"])
-    sweep.eval_args = [*sweep.eval_args, *_strings(f"{path}: quick.eval_args", quick.get("eval_args"))]
+    sweep.eval_args = [*sweep.eval_args, *string_list(f"{path}: quick.eval_args", quick.get("eval_args"))]
     sweep.output = sweep.output.with_name(sweep.output.name + QUICK_SUFFIX)

@@ -40,12 +40,12 @@ from typing import Any
 
 from unilogit.atomic import atomic_write_text
 from unilogit.benchmarks.registry import BENCHMARKS, SweepRun
-from unilogit.config import load_config
+from unilogit.config import format_value, load_config
 from unilogit.evaluation.results import format_mean_cell, format_seeds, markdown_table
 from unilogit.evaluation.seeds import CI_SUFFIX, N_SEEDS, RUNS, SEEDS, aggregate_seeds
 from unilogit.fingerprint import evaluator_code, fingerprint
 from unilogit.paths import shipped
-from unilogit.sweep.config import Point, Sweep, format_value, load_sweep
+from unilogit.sweep.config import Point, Sweep, load_sweep
 
 SWEEP_JSON, SWEEP_CSV, SWEEP_MD = "sweep.json", "sweep.csv", "sweep.md"
 POINT_JSON, METRICS_JSON, LOG = "point.json", "metrics.json", "log.txt"
