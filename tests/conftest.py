@@ -19,6 +19,13 @@ install_torchaudio_stub()
 # any test's capsys, so later tests never log into a stream a finished test has closed.
 import llamafactory.hparams  # noqa: E402, F401
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs a worker per core (-n auto): one intra-op thread each, here and in the processes it starts.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
