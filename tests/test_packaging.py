@@ -51,7 +51,7 @@ def test_declared_ranges_hold_the_tested_pins() -> None:
             # Those the CPU recipe does not pin come with transformers: the version it resolved to is the tested one.
             version = tested.get(name) or metadata.version(name)
             assert req.specifier.contains(version), f"{req} leaves out the tested {name}=={version}"
-    assert set(extras["dev"]) == set(dev_pins) == {"pytest", "hypothesis", "ruff", "playwright"}
+    assert set(extras["dev"]) == set(dev_pins) == {"pytest", "pytest-xdist", "hypothesis", "ruff", "playwright"}
     assert not set(dev_pins) & set(pins), "the test tools are not runtime requirements"
 
 
